@@ -1,0 +1,1 @@
+"""Active/standby IP failover for guardian (see the failover issue; not built yet)."""
