@@ -41,7 +41,7 @@ class Check(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def from_options(cls: type[C], opts: Options) -> C:
-        """Build the check from its config table; must call ``opts.finish()``."""
+        """Build the check from its config table (``build_check`` then calls ``opts.finish()``)."""
 
     @abc.abstractmethod
     async def probe(self, deadline: float) -> CheckResult:

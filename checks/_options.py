@@ -8,6 +8,7 @@ duration``.
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -128,33 +129,35 @@ class Options:
                 raise self.error(key, "unknown key")
 
     # -- typed getters ----------------------------------------------------
-    def str(self, key: str, default: Any = _MISSING) -> Any:
+    # (annotations say builtins.str etc.: inside the class the bare names are these methods)
+    def str(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self.convert(key, to_str, default)
 
-    def bool(self, key: str, default: Any = _MISSING) -> Any:
+    def bool(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self.convert(key, to_bool, default)
 
-    def int(self, key: str, default: Any = _MISSING, *, minimum: int | None = None,
-            maximum: int | None = None) -> Any:
+    def int(self, key: builtins.str, default: Any = _MISSING, *,
+            minimum: builtins.int | None = None, maximum: builtins.int | None = None) -> Any:
         return self.convert(key, lambda v: to_int(v, minimum, maximum), default)
 
-    def float(self, key: str, default: Any = _MISSING) -> Any:
+    def float(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self.convert(key, to_float, default)
 
-    def duration(self, key: str, default: Any = _MISSING) -> Any:
+    def duration(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self.convert(key, parse_duration, default)
 
-    def str_list(self, key: str, default: Any = _MISSING) -> Any:
+    def str_list(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self.convert(key, to_str_list, default)
 
-    def int_set(self, key: str, default: Any = _MISSING) -> Any:
+    def int_set(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self.convert(key, to_int_set, default)
 
-    def regex(self, key: str, default: Any = _MISSING) -> Any:
+    def regex(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self.convert(key, to_regex, default)
 
-    def choice(self, key: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:
-        def conv(value: object) -> str:
+    def choice(self, key: builtins.str, choices: tuple[builtins.str, ...],
+               default: Any = _MISSING) -> Any:
+        def conv(value: object) -> builtins.str:
             text = to_str(value)
             if text not in choices:
                 raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
@@ -162,7 +165,7 @@ class Options:
 
         return self.convert(key, conv, default)
 
-    def str_map(self, key: str, default: Any = _MISSING) -> Any:
+    def str_map(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self.convert(key, to_str_map, default)
 
 

@@ -1,0 +1,109 @@
+"""Service-manager backends: how guardian starts, stops and inspects a unit.
+
+Public API::
+
+    from guardian.backends import load_backend_class, BackendError, UnitState
+
+    backend = load_backend_class("supervisord").from_options(Options({}))
+    web = backend.controller("web", Options({"unit": "apache2"}))
+    await web.restart(time.monotonic() + 5.0)
+    status = await web.status(time.monotonic() + 1.0)
+
+Built in: ``supervisord``, ``systemd``, ``lsb``, ``command``.  Third-party
+backends are published in the ``guardian.backends`` entry-point group, or
+named directly as ``package.module:Class``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from ._base import Backend, BackendError, Controller, UnitEvent, UnitState, UnitStatus
+from .command import CommandBackend
+from .lsb import LsbBackend
+from .supervisord import SupervisordBackend, listener_config_snippet
+from .systemd import SystemdBackend
+
+ENTRY_POINT_GROUP = "guardian.backends"
+
+_BUILTINS: dict[str, type[Backend]] = {
+    "supervisord": SupervisordBackend,
+    "systemd": SystemdBackend,
+    "lsb": LsbBackend,
+    "command": CommandBackend,
+}
+
+
+class UnknownBackendError(LookupError):
+    """No backend of that name is built in, published, or importable."""
+
+
+def _check_class(obj: object, what: str) -> type[Backend]:
+    if not (isinstance(obj, type) and issubclass(obj, Backend)):
+        raise UnknownBackendError(f"{what} is not a subclass of guardian.backends.Backend")
+    return obj
+
+
+def _import_path(path: str) -> type[Backend]:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise UnknownBackendError(f"{path!r} is not of the form module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownBackendError(f"cannot import {module_name!r}: {exc}") from None
+    obj: object = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise UnknownBackendError(f"{module_name!r} has no attribute {attr!r}")
+    return _check_class(obj, repr(path))
+
+
+def available_backends() -> dict[str, str]:
+    """Every backend name known without importing plug-ins: name -> ``module:Class``."""
+    found = {name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in _BUILTINS.items()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def load_backend_class(name: str) -> type[Backend]:
+    """Resolve ``name``: a built-in, an entry-point name, or ``pkg.mod:Class``.
+
+    Raises ``UnknownBackendError`` (a ``LookupError``) with the known names.
+    """
+    if name in _BUILTINS:
+        return _BUILTINS[name]
+    if ":" in name:
+        return _import_path(name)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plug-in is a config error
+                raise UnknownBackendError(
+                    f"backend plug-in {name!r} failed to load: {exc}") from None
+            return _check_class(obj, f"entry point {name!r}")
+    known = ", ".join(sorted(available_backends()))
+    raise UnknownBackendError(f"unknown backend {name!r} (known: {known}; or module:Class)")
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Backend",
+    "BackendError",
+    "CommandBackend",
+    "Controller",
+    "LsbBackend",
+    "SupervisordBackend",
+    "SystemdBackend",
+    "UnitEvent",
+    "UnitState",
+    "UnitStatus",
+    "UnknownBackendError",
+    "available_backends",
+    "listener_config_snippet",
+    "load_backend_class",
+]

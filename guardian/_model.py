@@ -1,0 +1,114 @@
+"""Frozen configuration objects.  Built by ``guardian.config`` from TOML, or by
+hand when guardian is used as a library."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checks import Check
+
+from ._states import LadderAction, Mode
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One probe of a service: the built check plus how often to run it."""
+
+    name: str
+    check: Check = field(compare=False)
+    interval: float = 1.0
+    timeout: float = 1.0
+    mode: Mode = Mode.ACT
+    # canonical form of the options, so reloads can tell changed checks apart
+    fingerprint: str = ""
+
+    @staticmethod
+    def fingerprint_of(options: Mapping[str, Any]) -> str:
+        return json.dumps(options, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """At most ``budget`` restarts within ``window`` seconds.
+
+    The first restart of an incident is immediate; the k-th waits
+    ``min(backoff_max, backoff * factor ** (k - 1))`` seconds, spread by
+    +/- ``jitter`` (a fraction).  ``timeout`` bounds one restart call.
+    """
+
+    budget: int = 3
+    window: float = 300.0
+    backoff: float = 1.0
+    factor: float = 2.0
+    backoff_max: float = 30.0
+    jitter: float = 0.1
+    timeout: float = 15.0
+    exhausted_retry: float = 300.0   # 0: no slow retries after the ladder
+
+    def delay(self, k: int) -> float:
+        """Base delay (before jitter) for the restart number ``k`` (0-based) of an incident."""
+        if k <= 0:
+            return 0.0
+        return float(min(self.backoff_max, self.backoff * self.factor ** (k - 1)))
+
+
+@dataclass(frozen=True)
+class LadderStep:
+    action: LadderAction
+    command: tuple[str, ...] = ()
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    backend: str
+    controller_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    checks: tuple[CheckSpec, ...] = ()
+    rise: int = 2
+    fall: int = 2
+    start_grace: float = 10.0
+    requires: tuple[str, ...] = ()
+    restart: RestartPolicy = RestartPolicy()
+    ladder: tuple[LadderStep, ...] = (LadderStep(LadderAction.ALERT),)
+    healthy_reset: float = 600.0
+    mode: Mode = Mode.ACT
+    watch_pid: bool = True
+    source: str = ""
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class GuardianSpec:
+    control_socket: Path = Path("/run/guardian/control.sock")
+    state_dir: Path = Path("/var/lib/guardian")
+    log_level: str = "info"
+    log_target: str = "stderr"
+    alert_command: tuple[str, ...] = ()
+    hook_timeout: float = 30.0
+    backends: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    services: Mapping[str, ServiceSpec] = field(default_factory=dict)
+    sources: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def start_order(self) -> list[str]:
+        """Services sorted so that every service comes after what it requires."""
+        order: list[str] = []
+        seen: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in seen:
+                return
+            seen.add(name)
+            for dep in self.services[name].requires:
+                if dep in self.services:
+                    visit(dep)
+            order.append(name)
+
+        for name in sorted(self.services):
+            visit(name)
+        return order

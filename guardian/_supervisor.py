@@ -1,0 +1,559 @@
+"""The asyncio driver: runs the checks, feeds the state machines, carries out
+their actions through the backends, and answers the control socket.
+
+One ``Supervisor`` per daemon; one ``ServiceRunner`` per service.  Every
+long-lived activity lives in one TaskGroup.  Blocking work (probes, XML-RPC)
+runs in worker threads under hard deadlines, so nothing here blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from checks import CheckResult, Status, format_duration, run_check
+
+from ._machine import (
+    Action,
+    DepsChanged,
+    Input,
+    Machine,
+    Restart,
+    RestartFinished,
+    RunStep,
+    StateChange,
+    Tick,
+    UnitDown,
+    Verdict,
+    WouldDo,
+)
+from ._model import CheckSpec, GuardianSpec, ServiceSpec
+from ._states import LadderAction, Mode, ServiceState
+from .backends import Backend, BackendError, Controller, UnitEvent, UnitState, load_backend_class
+from .backends._proc import run_command
+
+log = logging.getLogger("guardian")
+
+STALE_INTERVALS = 3
+
+
+@dataclass
+class CheckRecord:
+    spec: CheckSpec
+    result: CheckResult | None = None
+    received: float = 0.0
+    runs: int = 0
+
+    def stale(self, now: float) -> bool:
+        if self.result is None:
+            return False
+        limit = STALE_INTERVALS * self.spec.interval + self.spec.timeout
+        return now - self.received > limit
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    at: float
+    old: str
+    new: str
+    reason: str
+
+
+class ServiceRunner:
+    """Runs one service: its check loops, its machine, and the actions."""
+
+    def __init__(self, sup: Supervisor, spec: ServiceSpec, controller: Controller) -> None:
+        self.sup = sup
+        self.spec = spec
+        self.controller = controller
+        self.clock = sup.clock
+        self.machine = Machine(spec, self.clock(), rng=sup.rng)
+        self.inbox: asyncio.Queue[Input] = asyncio.Queue()
+        self.checks = {c.name: CheckRecord(c) for c in spec.checks}
+        self.history: deque[HistoryEntry] = deque(maxlen=50)
+        self.pid: int | None = None
+        self._pidfd: int | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._ladder_lock = asyncio.Lock()
+        self.restart_count_total = 0
+        self.last_restart_duration: float | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, tg: asyncio.TaskGroup) -> None:
+        self._tasks.append(tg.create_task(self._drive(), name=f"drive:{self.spec.name}"))
+        for rec in self.checks.values():
+            self._tasks.append(tg.create_task(self._check_loop(rec),
+                                              name=f"check:{self.spec.name}:{rec.spec.name}"))
+        if self.spec.watch_pid:
+            self._tasks.append(tg.create_task(self._pid_refresher(),
+                                              name=f"pid:{self.spec.name}"))
+
+    def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self._close_pidfd()
+
+    def post(self, item: Input) -> None:
+        self.inbox.put_nowait(item)
+
+    # ------------------------------------------------------------ checks
+    async def _check_loop(self, rec: CheckRecord) -> None:
+        # spread the first runs a little so checks do not all fire at once
+        await asyncio.sleep(self.sup.rng.uniform(0, min(0.05, rec.spec.interval / 4)))
+        next_run = self.clock()
+        while True:
+            result = await run_check(rec.spec.check, rec.spec.timeout)
+            rec.result = result
+            rec.received = self.clock()
+            rec.runs += 1
+            if rec.spec.mode is Mode.OBSERVE and self.spec.mode is Mode.ACT:
+                if result.status is Status.CRITICAL:
+                    log.info("%s: observe-only check %s: %s", self.spec.name, rec.spec.name,
+                             result.detail)
+            else:
+                self.post(Verdict(rec.spec.name, result.status, result.detail))
+            next_run += rec.spec.interval
+            now = self.clock()
+            if next_run < now:
+                next_run = now
+            await asyncio.sleep(next_run - now)
+
+    # ------------------------------------------------------------ machine
+    async def _drive(self) -> None:
+        await self._initial_status()
+        while True:
+            wakeup = self.machine.wakeup
+            timeout = None if wakeup is None else max(0.0, wakeup - self.clock())
+            try:
+                item: Input = await asyncio.wait_for(self.inbox.get(), timeout)
+            except TimeoutError:
+                item = Tick()
+            actions = self.machine.transition(item, self.clock())
+            for action in actions:
+                self._carry_out(action)
+
+    async def _initial_status(self) -> None:
+        try:
+            st = await self.controller.status(self.clock() + 5.0)
+        except BackendError as exc:
+            log.warning("%s: cannot read status from %s: %s", self.spec.name,
+                        self.controller.describe(), exc)
+            return
+        if st.state in (UnitState.STOPPED, UnitState.EXITED, UnitState.FAILED):
+            self.post(UnitDown(f"{self.controller.describe()} is {st.state.value} at start"))
+        elif st.pid:
+            self._watch(st.pid)
+
+    def _carry_out(self, action: Action) -> None:
+        name = self.spec.name
+        if isinstance(action, StateChange):
+            now = self.clock()
+            self.history.append(HistoryEntry(now, action.old.value, action.new.value,
+                                             action.reason))
+            level = logging.INFO
+            if action.new in (ServiceState.EXHAUSTED, ServiceState.BLOCKED):
+                level = logging.ERROR
+            elif action.new in (ServiceState.FAILING, ServiceState.BACKOFF):
+                level = logging.WARNING
+            if action.new is ServiceState.RESTARTING:
+                log.warning("restarting %s: %s", name, action.reason)
+            else:
+                log.log(level, "%s: %s -> %s: %s", name, action.old.value, action.new.value,
+                        action.reason)
+            self.sup.service_changed(self)
+        elif isinstance(action, Restart):
+            self.sup.spawn(self._restart(action), f"restart:{name}")
+        elif isinstance(action, RunStep):
+            self.sup.spawn(self._run_step(action), f"ladder:{name}:{action.step.action.value}")
+        elif isinstance(action, WouldDo):
+            log.warning("%s: observe mode: would %s: %s", name, action.what, action.reason)
+
+    async def _restart(self, action: Restart) -> None:
+        started = self.clock()
+        self._close_pidfd()
+        old_pid = self.pid
+        self.pid = None
+        try:
+            await self.controller.restart(started + self.spec.restart.timeout)
+        except BackendError as exc:
+            self.post(RestartFinished(False, str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001 - a backend bug must not kill the daemon
+            log.exception("%s: restart raised", self.spec.name)
+            self.post(RestartFinished(False, f"{type(exc).__name__}: {exc}"))
+            return
+        self.restart_count_total += 1
+        self.last_restart_duration = self.clock() - started
+        detail = f"{self.controller.describe()} in {format_duration(self.last_restart_duration)}"
+        with contextlib.suppress(BackendError):
+            st = await self.controller.status(self.clock() + 2.0)
+            if st.pid and st.pid != old_pid:
+                self._watch(st.pid)
+                detail += f", pid {st.pid}"
+        self.post(RestartFinished(True, detail))
+
+    async def _run_step(self, action: RunStep) -> None:
+        async with self._ladder_lock:   # rungs run in order
+            step = action.step
+            name = self.spec.name
+            env = self.incident_env(action)
+            if step.action is LadderAction.ALERT:
+                log.error("ALERT %s: %s", name, action.reason)
+                if self.sup.spec.alert_command:
+                    await self._hook(list(self.sup.spec.alert_command), env,
+                                     self.sup.spec.hook_timeout, "alert hook")
+            elif step.action is LadderAction.EXEC:
+                await self._hook(list(step.command), env, step.timeout, "ladder exec")
+            else:
+                handler = self.sup.ladder_handlers.get(step.action)
+                if handler is None:
+                    log.error("%s: ladder step %s requested but not available in this "
+                              "configuration: %s", name, step.action.value, action.reason)
+                else:
+                    try:
+                        await handler(self, action)
+                    except Exception:  # noqa: BLE001
+                        log.exception("%s: ladder step %s failed", name, step.action.value)
+
+    def incident_env(self, action: RunStep) -> dict[str, str]:
+        m = self.machine
+        return {
+            "GUARDIAN_SERVICE": self.spec.name,
+            "GUARDIAN_STATE": m.state.value,
+            "GUARDIAN_ACTION": action.step.action.value,
+            "GUARDIAN_REASON": action.reason,
+            "GUARDIAN_RESTARTS": str(action.restarts),
+            "GUARDIAN_BUDGET": str(self.spec.restart.budget),
+            "GUARDIAN_INCIDENT_AGE": f"{self.clock() - action.incident_start:.3f}",
+            "GUARDIAN_UNIT": self.controller.describe(),
+            "GUARDIAN_VERDICTS": "; ".join(
+                f"{n}={r.result.status.value}: {r.result.detail}"
+                for n, r in self.checks.items() if r.result is not None),
+        }
+
+    async def _hook(self, argv: list[str], env: dict[str, str], timeout: float,
+                    what: str) -> None:
+        full_env = dict(os.environ)
+        full_env.update(env)
+        try:
+            res = await run_command(argv, self.clock() + timeout, env=full_env)
+        except BackendError as exc:
+            log.error("%s: %s %s failed: %s", self.spec.name, what, argv[0], exc)
+            return
+        if res.returncode != 0:
+            log.error("%s: %s %s exited %s: %s", self.spec.name, what, argv[0],
+                      res.returncode, res.stderr.strip().splitlines()[-1:] or "")
+        else:
+            log.info("%s: %s %s done", self.spec.name, what, argv[0])
+
+    # ------------------------------------------------------------ pid watching
+    async def _pid_refresher(self) -> None:
+        """Keep a pidfd on the unit's main process, so an exit is seen at once."""
+        while True:
+            await asyncio.sleep(2.0)
+            if self.machine.state is ServiceState.RESTARTING:
+                continue
+            try:
+                st = await self.controller.status(self.clock() + 2.0)
+            except BackendError:
+                continue
+            if st.pid and st.pid != self.pid:
+                self._watch(st.pid)
+
+    def _watch(self, pid: int) -> None:
+        self._close_pidfd()
+        self.pid = pid
+        if not self.spec.watch_pid:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            return
+        self._pidfd = fd
+        loop = asyncio.get_running_loop()
+        loop.add_reader(fd, self._pid_exited, fd, pid)
+
+    def _pid_exited(self, fd: int, pid: int) -> None:
+        if fd != self._pidfd:
+            return
+        self._close_pidfd()
+        if self.machine.state is not ServiceState.RESTARTING:
+            self.post(UnitDown(f"{self.controller.describe()}: process {pid} exited"))
+
+    def _close_pidfd(self) -> None:
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def unit_event(self, ev: UnitEvent) -> None:
+        if ev.state in (UnitState.EXITED, UnitState.FAILED, UnitState.STOPPED):
+            if self.machine.state is ServiceState.RESTARTING:
+                return
+            if ev.pid is not None and self.pid is not None and ev.pid != self.pid:
+                return   # about an older process
+            self.post(UnitDown(f"{self.controller.describe()}: {ev.detail or ev.state.value}"))
+        elif ev.state is UnitState.RUNNING and ev.pid and ev.pid != self.pid:
+            self._watch(ev.pid)
+
+    # ------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        m = self.machine
+        checks = []
+        for name, rec in self.checks.items():
+            r = rec.result
+            checks.append({
+                "name": name,
+                "type": rec.spec.check.kind,
+                "target": rec.spec.check.describe(),
+                "status": None if r is None else r.status.value,
+                "detail": None if r is None else r.detail,
+                "duration": None if r is None else round(r.duration, 6),
+                "age": None if r is None else round(now - rec.received, 3),
+                "stale": rec.stale(now),
+                "runs": rec.runs,
+                "interval": rec.spec.interval,
+                "mode": rec.spec.mode.value,
+            })
+        verdict = "UNKNOWN"
+        fresh = [c for c in checks if c["status"] is not None and not c["stale"]]
+        if m.state in (ServiceState.EXHAUSTED, ServiceState.BLOCKED, ServiceState.BACKOFF,
+                       ServiceState.RESTARTING):
+            verdict = "CRITICAL"
+        elif fresh:
+            statuses = [Status(c["status"]) for c in fresh]
+            verdict = max(statuses, key=lambda s: s.severity).value
+        return {
+            "name": self.spec.name,
+            "state": m.state.value,
+            "verdict": verdict,
+            "since": round(now - m.since, 3),
+            "reason": m.reason,
+            "next_action": m.next_action,
+            "restarts_used": m.budget_used,
+            "restart_budget": self.spec.restart.budget,
+            "restarts_total": self.restart_count_total,
+            "blocked_by": list(m.deps_down),
+            "requires": list(self.spec.requires),
+            "mode": self.spec.mode.value,
+            "would_do": m.would_do,
+            "unit": self.controller.describe(),
+            "backend": self.spec.backend,
+            "pid": self.pid,
+            "checks": checks,
+            "history": [
+                {"ago": round(now - h.at, 3), "from": h.old, "to": h.new, "reason": h.reason}
+                for h in list(self.history)[-10:]
+            ],
+        }
+
+
+LadderHandler = Callable[[ServiceRunner, RunStep], Any]
+
+
+class Supervisor:
+    """guardian as a library: build from a ``GuardianSpec`` and ``await run()``.
+
+    ``run()`` returns when ``stop()`` is called.  ``reload(spec)`` applies a new
+    configuration by diff: services whose configuration did not change keep
+    their state and counters.
+    """
+
+    def __init__(self, spec: GuardianSpec, *, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None, control: bool = True) -> None:
+        self.spec = spec
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.control_enabled = control
+        self.backends: dict[str, Backend] = {}
+        self.runners: dict[str, ServiceRunner] = {}
+        self.ladder_handlers: dict[LadderAction, LadderHandler] = {}
+        self.started_at = clock()
+        self._tg: asyncio.TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self._backend_tasks: dict[str, asyncio.Task[Any]] = {}
+        self.ready = asyncio.Event()
+        self.reloads = 0
+        self.last_reload_error: str | None = None
+
+    # ------------------------------------------------------------ public
+    async def run(self) -> None:
+        from ._control import ControlServer
+
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            server: ControlServer | None = None
+            if self.control_enabled:
+                server = ControlServer(self, self.spec.control_socket)
+                await server.start()
+            self._apply(self.spec, first=True)
+            self.ready.set()
+            notify("READY=1\nSTATUS=supervising "
+                   f"{len(self.runners)} service(s)")
+            tg.create_task(self._watchdog(), name="sd-watchdog")
+            await self._stop.wait()
+            notify("STOPPING=1")
+            for runner in self.runners.values():
+                runner.stop()
+            for task in self._backend_tasks.values():
+                task.cancel()
+            for b in self.backends.values():
+                with contextlib.suppress(Exception):
+                    await b.aclose()
+            if server is not None:
+                await server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task() and task.get_name().startswith(
+                        ("restart:", "ladder:", "sd-watchdog")):
+                    task.cancel()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reload(self, spec: GuardianSpec) -> None:
+        self._apply(spec, first=False)
+        self.spec = spec
+        self.reloads += 1
+
+    def spawn(self, coro: Any, name: str) -> None:
+        assert self._tg is not None
+        self._tg.create_task(coro, name=name)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": _version(),
+            "pid": os.getpid(),
+            "uptime": round(self.clock() - self.started_at, 3),
+            "config": list(self.spec.sources),
+            "reloads": self.reloads,
+            "last_reload_error": self.last_reload_error,
+            "warnings": list(self.spec.warnings),
+            "services": [self.runners[n].status() for n in self.spec.start_order()
+                         if n in self.runners],
+        }
+
+    # ------------------------------------------------------------ internals
+    def _backend(self, name: str, spec: GuardianSpec) -> Backend:
+        if name not in self.backends:
+            from checks import Options
+
+            cls = load_backend_class(name)
+            opts = Options(spec.backends.get(name, {}), f"backends.{name}", "config")
+            self.backends[name] = cls.from_options(opts)
+            assert self._tg is not None
+            self._backend_tasks[name] = self._tg.create_task(
+                self._pump_events(name, self.backends[name]), name=f"events:{name}")
+        return self.backends[name]
+
+    async def _pump_events(self, name: str, backend: Backend) -> None:
+        while True:
+            try:
+                async for ev in backend.events():
+                    for runner in self.runners.values():
+                        if runner.spec.backend == name and runner.controller.unit == ev.unit:
+                            runner.unit_event(ev)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep listening
+                log.warning("events from %s backend failed: %s; retrying", name, exc)
+                await asyncio.sleep(1.0)
+
+    def _apply(self, spec: GuardianSpec, first: bool) -> None:
+        from checks import Options
+
+        old = self.runners
+        new: dict[str, ServiceRunner] = {}
+        backends_changed = {n for n in set(spec.backends) | set(self.spec.backends)
+                            if spec.backends.get(n) != self.spec.backends.get(n)}
+        for name in backends_changed:
+            if name in self.backends and not first:
+                self._backend_tasks.pop(name).cancel()
+                self.backends.pop(name)
+        for name in spec.start_order():
+            sspec = spec.services[name]
+            prev = old.get(name)
+            if (prev is not None and prev.spec.fingerprint == sspec.fingerprint
+                    and sspec.backend not in backends_changed):
+                new[name] = prev
+                continue
+            if prev is not None:
+                log.info("%s: configuration changed, restarting its supervision", name)
+                prev.stop()
+            backend = self._backend(sspec.backend, spec)
+            controller = backend.controller(
+                name, Options(dict(sspec.controller_options), f"services.{name}", sspec.source))
+            runner = ServiceRunner(self, sspec, controller)
+            new[name] = runner
+        for name, runner in old.items():
+            if name not in new or new[name] is not runner:
+                if name not in new:
+                    log.info("%s: removed from the configuration; no longer supervised", name)
+                runner.stop()
+        self.runners = new
+        self.spec = spec
+        assert self._tg is not None
+        for name, runner in new.items():
+            if old.get(name) is not runner:
+                runner.start(self._tg)
+        for runner in new.values():
+            self._update_deps(runner)
+
+    def service_changed(self, runner: ServiceRunner) -> None:
+        for other in self.runners.values():
+            if runner.spec.name in other.spec.requires:
+                self._update_deps(other)
+
+    def _update_deps(self, runner: ServiceRunner) -> None:
+        down = tuple(d for d in runner.spec.requires
+                     if d in self.runners and not self.runners[d].machine.state.healthy)
+        if down != runner.machine.deps_down:
+            runner.post(DepsChanged(down))
+
+    async def _watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+            await asyncio.Event().wait()
+        period = int(usec or "0") / 1e6 / 2
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(period)
+
+
+def notify(state: str) -> None:
+    """sd_notify through python3-systemd when present; silently nothing otherwise."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    try:
+        from systemd import daemon
+    except ImportError:
+        _notify_socket(state)
+        return
+    daemon.notify(state)
+
+
+def _notify_socket(state: str) -> None:
+    import socket
+
+    addr = os.environ.get("NOTIFY_SOCKET", "")
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(state.encode(), addr)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

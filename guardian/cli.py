@@ -1,0 +1,247 @@
+"""The ``guardian`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from checks import ConfigError, ConfigErrors, available_checks, build_check, parse_duration
+from checks import run_check as _run_check
+
+from . import __version__
+from . import config as config_mod
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="guardian",
+        description="High-availability supervisor for services inside a Xen guest.")
+    parser.add_argument("--version", action="version", version=f"guardian {__version__}")
+    parser.add_argument("-c", "--config", type=Path, default=None,
+                        help=f"configuration file (default {config_mod.DEFAULT_CONFIG} "
+                             "plus conf.d/*.toml beside it)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("run", help="run the daemon in the foreground")
+
+    p_status = sub.add_parser("status", help="show what the running daemon sees")
+    p_status.add_argument("service", nargs="?", help="show one service in detail")
+    p_status.add_argument("--json", action="store_true", help="machine-readable output")
+    p_status.add_argument("--socket", type=Path, help="control socket (default: from config)")
+
+    p_check = sub.add_parser(
+        "check", help="run one probe and print it like a Nagios plugin (exit 0/1/2/3)",
+        description="Run one probe. Options are the check's config keys: --url X, "
+                    "--expect-status 200 (values are read as TOML when they parse, so "
+                    "--expect '[\"a\",\"b\"]' gives a list); repeat an option for a list.")
+    p_check.add_argument("kind", help="check type: " + ", ".join(sorted(available_checks())))
+    p_check.add_argument("--timeout", default="10s", help="hard deadline (default 10s)")
+    p_check.add_argument("-v", "--verbose", action="store_true", help="print the transcript")
+
+    p_val = sub.add_parser("validate", help="check a configuration; exit 2 on any error")
+    p_val.add_argument("path", nargs="?", type=Path)
+    p_val.add_argument("-q", "--quiet", action="store_true", help="errors only")
+
+    sub.add_parser("sample-config", help="print a commented configuration for Apache, "
+                   "BIND and Exim")
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "check" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "run":
+        from .daemon import run
+
+        return run(args.config)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "check":
+        return _check(args, rest)
+    if args.command == "validate":
+        return _validate(args.path or args.config, args.quiet)
+    if args.command == "sample-config":
+        from ._sample import SAMPLE_CONFIG
+
+        sys.stdout.write(SAMPLE_CONFIG)
+        return 0
+    return 2
+
+
+# ---------------------------------------------------------------- validate
+def _validate(path: Path | None, quiet: bool) -> int:
+    try:
+        spec = config_mod.load(path)
+    except (ConfigErrors, ConfigError) as exc:
+        print(config_mod.format_errors(exc), file=sys.stderr)
+        return 2
+    for w in spec.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if not quiet:
+        print(f"OK: {', '.join(spec.sources)}: {len(spec.services)} service(s) enabled"
+              + (f" ({', '.join(spec.start_order())})" if spec.services else ""))
+    return 0
+
+
+# ---------------------------------------------------------------- check
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _check_options(rest: list[str]) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if not arg.startswith("--"):
+            raise ConfigError("command line", arg, "expected --option value")
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
+                value_obj: Any = True
+            else:
+                i += 1
+                value_obj = _parse_value(rest[i])
+        else:
+            value_obj = _parse_value(value)
+        if key in opts:
+            prev = opts[key]
+            opts[key] = (prev if isinstance(prev, list) else [prev]) + [value_obj]
+        else:
+            opts[key] = value_obj
+        i += 1
+    return opts
+
+
+def _check(args: argparse.Namespace, rest: list[str]) -> int:
+    try:
+        timeout = parse_duration(args.timeout)
+        opts = _check_options(rest)
+        check = build_check(args.kind, opts, "", "command line")
+    except (ConfigError, ValueError) as exc:
+        msg = str(exc).replace("command line: type:", "command line:")
+        print(f"{args.kind.upper()} UNKNOWN - {msg}")
+        return 3
+    result = asyncio.run(_run_check(check, timeout))
+    print(result.nagios_line(args.kind))
+    if args.verbose:
+        for line in result.transcript:
+            print(line)
+    return result.status.exit_code
+
+
+# ---------------------------------------------------------------- status
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    try:
+        spec = config_mod.load(args.config)
+        return spec.control_socket
+    except (ConfigErrors, ConfigError):
+        return Path("/run/guardian/control.sock")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ._control import ControlError, request
+
+    path = _socket_path(args)
+    try:
+        reply = request(path, "status")
+    except ControlError as exc:
+        print(f"guardian: {exc}", file=sys.stderr)
+        return 3
+    if not reply.get("ok"):
+        print(f"guardian: {reply.get('error')}", file=sys.stderr)
+        return 3
+    status = reply["status"]
+    services = status["services"]
+    if args.service:
+        services = [s for s in services if s["name"] == args.service]
+        if not services:
+            print(f"guardian: no service named {args.service!r}", file=sys.stderr)
+            return 3
+    if args.json:
+        out = dict(status, services=services)
+        print(json.dumps(out, indent=2))
+    elif args.service:
+        print(format_service_detail(services[0]))
+    else:
+        print(format_status_table(status))
+    worst = 0
+    for s in services:
+        worst = max(worst, {"OK": 0, "WARNING": 1, "CRITICAL": 2}.get(s["verdict"], 0))
+    return worst
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_status_table(status: dict[str, Any]) -> str:
+    rows = [("SERVICE", "STATE", "VERDICT", "AGE", "SINCE", "RESTARTS", "NEXT ACTION")]
+    for s in status["services"]:
+        ages = [c["age"] for c in s["checks"] if c["age"] is not None]
+        rows.append((
+            s["name"], s["state"].upper(), s["verdict"], _age(min(ages) if ages else None),
+            _age(s["since"]), f"{s['restarts_used']}/{s['restart_budget']}", s["next_action"],
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    head = (f"guardiand {status['version']} pid {status['pid']}, up {_age(status['uptime'])}, "
+            f"{len(status['services'])} service(s)")
+    out = [head, *lines]
+    for s in status["services"]:
+        if s["state"] not in ("up",):
+            out.append(f"  {s['name']}: {s['reason']}")
+    if not status["services"]:
+        out.append("  (no service enabled: see /etc/guardian/conf.d/)")
+    return "\n".join(out)
+
+
+def format_service_detail(s: dict[str, Any]) -> str:
+    lines = [
+        f"{s['name']}: {s['state'].upper()} ({s['verdict']}) for {_age(s['since'])}",
+        f"  reason:      {s['reason']}",
+        f"  next action: {s['next_action']}",
+        f"  unit:        {s['unit']} (backend {s['backend']}, pid {s['pid'] or '-'})",
+        f"  restarts:    {s['restarts_used']}/{s['restart_budget']} in window, "
+        f"{s['restarts_total']} since start",
+        f"  mode:        {s['mode']}"
+        + (f" (would have acted {s['would_do']} time(s))" if s["mode"] == "observe" else ""),
+    ]
+    if s["requires"]:
+        lines.append(f"  requires:    {', '.join(s['requires'])}"
+                     + (f" (blocked by {', '.join(s['blocked_by'])})" if s["blocked_by"] else ""))
+    lines.append("  checks:")
+    for c in s["checks"]:
+        stale = " STALE" if c["stale"] else ""
+        lines.append(f"    {c['name']:<10} {c['status'] or 'PENDING':<8} {_age(c['age']):>7} ago"
+                     f"{stale}  {c['detail'] or c['target']}")
+    if s["history"]:
+        lines.append("  recent transitions:")
+        for h in s["history"]:
+            lines.append(f"    {_age(h['ago']):>7} ago  {h['from']} -> {h['to']}: {h['reason']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""Reading guardian's TOML configuration into frozen, validated objects.
+
+``/etc/guardian/guardian.toml`` plus ``/etc/guardian/conf.d/*.toml`` in sorted
+order.  Every error names the file and the key path; unknown keys are errors;
+``load()`` either returns a complete ``GuardianSpec`` or raises
+``ConfigErrors`` with every problem found.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from checks import ConfigError, ConfigErrors, Options, build_check, format_duration
+
+from ._model import CheckSpec, GuardianSpec, LadderStep, RestartPolicy, ServiceSpec
+from ._states import LadderAction, Mode
+
+DEFAULT_CONFIG = Path("/etc/guardian/guardian.toml")
+
+_SERVICE_KEYS = {
+    "backend", "enabled", "mode", "rise", "fall", "start_grace", "requires", "healthy_reset",
+    "watch_pid", "ladder", "restart", "checks",
+}
+_CHECK_COMMON = {"type", "name", "interval", "timeout", "mode"}
+
+
+def config_files(path: Path) -> list[Path]:
+    """The main file and, beside it, ``conf.d/*.toml`` in sorted order."""
+    files = [path]
+    confd = path.parent / "conf.d"
+    if confd.is_dir():
+        files.extend(sorted(p for p in confd.glob("*.toml") if p.is_file()))
+    return files
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "file not found") from None
+    except PermissionError:
+        raise ConfigError(str(path), "", "permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"TOML syntax error: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "", f"not UTF-8: {exc}") from None
+
+
+def load(path: Path | str | None = None, *, include_confd: bool = True) -> GuardianSpec:
+    """Read, merge and validate the configuration rooted at ``path``."""
+    root = Path(path) if path is not None else DEFAULT_CONFIG
+    files = config_files(root) if include_confd else [root]
+    docs: list[tuple[str, dict[str, Any]]] = []
+    errors: list[ConfigError] = []
+    for f in files:
+        try:
+            docs.append((_display(f, root), _read_toml(f)))
+        except ConfigError as exc:
+            errors.append(exc)
+    if errors:
+        raise ConfigErrors(errors)
+    return parse_documents(docs)
+
+
+def loads(text: str, source: str = "<string>") -> GuardianSpec:
+    """Parse one TOML document (for tests and library use)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigErrors([ConfigError(source, "", f"TOML syntax error: {exc}")]) from None
+    return parse_documents([(source, doc)])
+
+
+def _display(path: Path, root: Path) -> str:
+    """``guardian.toml`` or ``conf.d/web.toml``: short, but unambiguous."""
+    try:
+        return str(path.relative_to(root.parent))
+    except ValueError:
+        return str(path)
+
+
+def parse_documents(docs: list[tuple[str, Mapping[str, Any]]]) -> GuardianSpec:
+    errors: list[ConfigError] = []
+    warnings: list[str] = []
+    guardian_tbl: dict[str, tuple[str, Any]] = {}
+    backends: dict[str, dict[str, Any]] = {}
+    backend_src: dict[str, str] = {}
+    services: dict[str, tuple[str, Mapping[str, Any]]] = {}
+
+    for source, doc in docs:
+        for key, value in doc.items():
+            if key == "guardian":
+                if not isinstance(value, Mapping):
+                    errors.append(ConfigError(source, key, "must be a table"))
+                    continue
+                for k, v in value.items():
+                    if k in guardian_tbl:
+                        errors.append(ConfigError(
+                            source, f"guardian.{k}",
+                            f"already set in {guardian_tbl[k][0]}"))
+                    guardian_tbl[k] = (source, v)
+            elif key == "backends":
+                if not isinstance(value, Mapping):
+                    errors.append(ConfigError(source, key, "must be a table"))
+                    continue
+                for name, tbl in value.items():
+                    if name in backends:
+                        errors.append(ConfigError(source, f"backends.{name}",
+                                                  f"already defined in {backend_src[name]}"))
+                        continue
+                    if not isinstance(tbl, Mapping):
+                        errors.append(ConfigError(source, f"backends.{name}", "must be a table"))
+                        continue
+                    backends[name] = dict(tbl)
+                    backend_src[name] = source
+            elif key == "services":
+                if not isinstance(value, Mapping):
+                    errors.append(ConfigError(source, key, "must be a table"))
+                    continue
+                for name, tbl in value.items():
+                    if name in services:
+                        errors.append(ConfigError(source, f"services.{name}",
+                                                  f"already defined in {services[name][0]}"))
+                        continue
+                    services[name] = (source, tbl)
+            else:
+                errors.append(ConfigError(source, key, "unknown key"))
+
+    # [guardian]
+    g_values: dict[str, Any] = {}
+    g_source = docs[0][0] if docs else "<config>"
+    gopts = Options({k: v for k, (_, v) in guardian_tbl.items()}, "guardian", g_source)
+    try:
+        g_values["control_socket"] = Path(gopts.str("control_socket",
+                                                    "/run/guardian/control.sock"))
+        g_values["state_dir"] = Path(gopts.str("state_dir", "/var/lib/guardian"))
+        g_values["log_level"] = gopts.choice("log_level",
+                                             ("debug", "info", "warning", "error"), "info")
+        g_values["log_target"] = gopts.choice("log_target", ("stderr", "journal"), "stderr")
+        g_values["alert_command"] = tuple(gopts.convert("alert_command", _command, []))
+        g_values["hook_timeout"] = gopts.duration("hook_timeout", 30.0)
+        gopts.finish()
+    except ConfigError as exc:
+        src = guardian_tbl.get(exc.path.split(".")[1] if "." in exc.path else "", (g_source,))[0]
+        errors.append(ConfigError(src, exc.path, exc.message))
+
+    # [backends.*] -- validated by building each one used
+    from .backends import load_backend_class
+
+    backend_objs: dict[str, Any] = {}
+
+    def backend_for(name: str, source: str, path: str) -> Any:
+        if name in backend_objs:
+            return backend_objs[name]
+        try:
+            cls = load_backend_class(name)
+        except LookupError as exc:
+            raise ConfigError(source, path, str(exc)) from None
+        bsrc = backend_src.get(name, source)
+        bopts = Options(backends.get(name, {}), f"backends.{name}", bsrc)
+        obj = cls.from_options(bopts)
+        bopts.finish()
+        backend_objs[name] = obj
+        return obj
+
+    for name in backends:
+        try:
+            backend_for(name, backend_src[name], f"backends.{name}")
+        except ConfigError as exc:
+            errors.append(exc)
+
+    specs: dict[str, ServiceSpec] = {}
+    for name, (source, tbl) in services.items():
+        try:
+            spec, warns = _parse_service(name, source, tbl, backend_for)
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        warnings.extend(warns)
+        if spec is not None:
+            specs[name] = spec
+
+    # dependencies: known, and no cycles
+    for name, spec in specs.items():
+        for i, dep in enumerate(spec.requires):
+            if dep not in services:
+                errors.append(ConfigError(spec.source, f"services.{name}.requires[{i}]",
+                                          f"no service named {dep!r}"))
+            elif dep not in specs and _enabled(services[dep][1]):
+                pass  # its own error is reported already
+    cycle = _find_cycle(specs)
+    if cycle:
+        first = specs[cycle[0]]
+        errors.append(ConfigError(first.source, f"services.{cycle[0]}.requires",
+                                  "dependency cycle: " + " -> ".join(cycle)))
+    if errors:
+        raise ConfigErrors(errors)
+    if not specs:
+        warnings.append("no service is enabled: guardian supervises nothing until you enable one")
+    return GuardianSpec(
+        services=specs,
+        backends={k: dict(v) for k, v in backends.items()},
+        sources=tuple(s for s, _ in docs),
+        warnings=tuple(warnings),
+        **g_values,
+    )
+
+
+def _enabled(tbl: Mapping[str, Any]) -> bool:
+    return not (isinstance(tbl, Mapping) and tbl.get("enabled") is False)
+
+
+def _command(value: object) -> list[str]:
+    import shlex
+
+    if isinstance(value, str):
+        parts = shlex.split(value)
+        if not parts:
+            raise ValueError("empty command")
+        return parts
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise TypeError(f"{value!r} is not a command (a string or a list of strings)")
+
+
+def _parse_service(name: str, source: str, tbl: Mapping[str, Any],
+                   backend_for: Any) -> tuple[ServiceSpec | None, list[str]]:
+    path = f"services.{name}"
+    opts = Options(tbl, path, source)
+    warnings: list[str] = []
+    enabled = opts.bool("enabled", True)
+    backend_name = opts.str("backend")
+    mode = Mode(opts.choice("mode", ("act", "observe"), "act"))
+    rise = opts.int("rise", 2, minimum=1, maximum=100)
+    fall = opts.int("fall", 2, minimum=1, maximum=100)
+    start_grace = opts.duration("start_grace", 10.0)
+    requires = tuple(opts.str_list("requires", []))
+    healthy_reset = opts.duration("healthy_reset", 600.0)
+    watch_pid = opts.bool("watch_pid", True)
+
+    rtbl = opts.sub("restart", {})
+    policy = RestartPolicy(
+        budget=rtbl.int("budget", 3, minimum=0, maximum=1000),
+        window=rtbl.duration("window", 300.0),
+        backoff=rtbl.duration("backoff", 1.0),
+        factor=rtbl.convert("factor", _factor, 2.0),
+        backoff_max=rtbl.duration("backoff_max", 30.0),
+        jitter=rtbl.convert("jitter", _fraction, 0.1),
+        timeout=rtbl.duration("timeout", 15.0),
+        exhausted_retry=rtbl.duration("exhausted_retry", 300.0),
+    )
+    rtbl.finish()
+    if policy.window <= 0:
+        raise rtbl.error("window", "must be longer than 0")
+
+    ladder = tuple(_parse_ladder(opts, path, source))
+
+    checks_raw = opts.raw("checks", [])
+    if not isinstance(checks_raw, list):
+        raise opts.error("checks", "must be an array of tables ([[services.NAME.checks]])")
+    checks: list[CheckSpec] = []
+    names: set[str] = set()
+    for i, ctbl in enumerate(checks_raw):
+        cpath = f"{path}.checks[{i}]"
+        copts = Options(ctbl, cpath, source)
+        kind = copts.str("type")
+        cname = copts.str("name", kind if kind not in names else f"{kind}{i}")
+        if cname in names:
+            raise copts.error("name", f"duplicate check name {cname!r} (set name = ...)")
+        names.add(cname)
+        interval = copts.duration("interval", 1.0)
+        timeout = copts.duration("timeout", min(interval, 1.0) if interval > 0 else 1.0)
+        cmode = Mode(copts.choice("mode", ("act", "observe"), mode.value))
+        if interval <= 0:
+            raise copts.error("interval", "must be longer than 0")
+        if timeout <= 0:
+            raise copts.error("timeout", "must be longer than 0")
+        own = {k: v for k, v in ctbl.items() if k not in _CHECK_COMMON}
+        check = build_check(kind, own, cpath, source)
+        if timeout > interval:
+            warnings.append(f"{source}: {cpath}: timeout {format_duration(timeout)} is longer "
+                            f"than interval {format_duration(interval)}: a slow probe delays "
+                            "the next run (at most one run of a check is in flight)")
+        if interval < 0.05:
+            warnings.append(f"{source}: {cpath}: interval {format_duration(interval)} is very "
+                            "short; every run costs CPU inside the guest")
+        checks.append(CheckSpec(cname, check, interval, timeout, cmode,
+                                CheckSpec.fingerprint_of(ctbl)))
+
+    # The backend consumes its own per-service keys (unit, start_command, ...).
+    controller_options = {k: v for k, v in tbl.items() if k not in _SERVICE_KEYS}
+    backend = backend_for(backend_name, source, f"{path}.backend")
+    bopts = Options(controller_options, path, source)
+    backend.controller(name, bopts)
+    bopts.finish()
+    # every key of the service table is now either ours or the backend's
+    for key in controller_options:
+        opts.raw(key)
+    opts.finish()
+
+    if not enabled:
+        return None, warnings
+
+    if not checks:
+        warnings.append(f"{source}: {path}: no checks: only process exits are noticed")
+    slowest = max((c.interval for c in checks), default=0.0)
+    if checks and start_grace < rise * slowest:
+        warnings.append(
+            f"{source}: {path}: start_grace {format_duration(start_grace)} is shorter than "
+            f"rise x interval ({rise} x {format_duration(slowest)}): a restarted service "
+            "cannot be seen healthy before its grace ends")
+    if policy.budget > 1:
+        spent = sum(policy.delay(k) for k in range(policy.budget))
+        if spent * (1 - policy.jitter) >= policy.window:
+            warnings.append(
+                f"{source}: {path}.restart: a budget of {policy.budget} in "
+                f"{format_duration(policy.window)} can never be spent: the backoff alone takes "
+                f"{format_duration(spent)}")
+    if policy.backoff_max < policy.backoff:
+        warnings.append(f"{source}: {path}.restart: backoff_max is shorter than backoff")
+    if not ladder:
+        warnings.append(f"{source}: {path}: empty ladder: when the budget is spent nothing but "
+                        "slow retries happen and nobody is told")
+    for i, step in enumerate(ladder):
+        if step.action in (LadderAction.FAILOVER, LadderAction.ESCALATE):
+            warnings.append(
+                f"{source}: {path}.ladder[{i}]: {step.action.value} is not available in this "
+                "build yet; the step will be logged only")
+    spec = ServiceSpec(
+        name=name, backend=backend_name, controller_options=controller_options,
+        checks=tuple(checks), rise=rise, fall=fall, start_grace=start_grace,
+        requires=requires, restart=policy, ladder=ladder, healthy_reset=healthy_reset,
+        mode=mode, watch_pid=watch_pid, source=source,
+        fingerprint=CheckSpec.fingerprint_of(dict(tbl)),
+    )
+    return spec, warnings
+
+
+def _factor(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r} is not a number")
+    if value < 1:
+        raise ValueError(f"{value} must be at least 1")
+    return float(value)
+
+
+def _fraction(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r} is not a number")
+    if not 0 <= value < 1:
+        raise ValueError(f"{value} must be in [0, 1)")
+    return float(value)
+
+
+def _parse_ladder(opts: Options, path: str, source: str) -> list[LadderStep]:
+    raw = opts.raw("ladder", ["alert"])
+    if not isinstance(raw, list):
+        raise opts.error("ladder", "must be an array of actions or tables")
+    steps: list[LadderStep] = []
+    choices = tuple(a.value for a in LadderAction)
+    for i, item in enumerate(raw):
+        spath = f"{path}.ladder[{i}]"
+        if isinstance(item, str):
+            item = {"action": item}
+        sopts = Options(item, spath, source)
+        action = LadderAction(sopts.choice("action", choices))
+        command = tuple(sopts.convert("command", _command, []))
+        timeout = sopts.duration("timeout", 30.0)
+        sopts.finish()
+        if action is LadderAction.EXEC and not command:
+            raise ConfigError(source, f"{spath}.command", "is required for action exec")
+        steps.append(LadderStep(action, command, timeout))
+    return steps
+
+
+def _find_cycle(specs: Mapping[str, ServiceSpec]) -> list[str]:
+    color: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str]:
+        color[n] = 1
+        stack.append(n)
+        for d in specs[n].requires:
+            if d not in specs:
+                continue
+            if color.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if color.get(d) is None:
+                found = visit(d)
+                if found:
+                    return found
+        stack.pop()
+        color[n] = 2
+        return []
+
+    for n in sorted(specs):
+        if color.get(n) is None:
+            found = visit(n)
+            if found:
+                return found
+    return []
+
+
+def format_errors(exc: ConfigErrors | ConfigError) -> str:
+    errs = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+    return "\n".join(f"error: {e}" for e in errs)

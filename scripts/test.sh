@@ -1,0 +1,37 @@
+#!/bin/bash
+# The whole test suite: unit tier (no root needed), then the lab tier (root,
+# network namespaces, real Apache/BIND/Exim/supervisord).  Sets up first.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || exit 1
+PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
+
+status=0
+ran=0
+run_tier() {
+    local name=$1; shift
+    echo "=== $name ==="
+    "${PYTEST[@]}" "$@"
+    local rc=$?
+    if [ $rc -eq 5 ]; then
+        echo "=== $name: no test selected ==="
+    elif [ $rc -ne 0 ]; then
+        echo "=== $name: FAILED (exit $rc) ==="
+        status=1
+    else
+        ran=1
+    fi
+}
+
+run_tier "unit tier" tests -m "not lab and not bench" -q
+if [ "$(id -u)" -eq 0 ]; then
+    run_tier "lab tier" tests -m "lab and not bench" -q
+else
+    echo "=== lab tier skipped: needs root ==="
+fi
+.venv/bin/python -m guardian.lab.cleanup >/dev/null 2>&1 || true
+if [ $ran -eq 0 ] && [ $status -eq 0 ]; then
+    echo "test.sh: no test ran at all" >&2
+    exit 1
+fi
+exit $status
