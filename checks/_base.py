@@ -15,7 +15,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from ._options import Options
 from ._result import CheckResult, Status
@@ -58,14 +58,30 @@ class BlockingCheck(Check):
     ``probe_blocking`` runs in a fresh daemon thread per run, so a probe stuck
     past its deadline occupies only its own thread and never a shared pool
     slot that another check needs.
+
+    At most one run of a check is in flight.  A thread cannot be killed: when
+    the previous run's thread still hangs past its deadline, the next run does
+    not start a second one but answers CRITICAL "previous probe still running"
+    at once, until that thread returns.
     """
+
+    # the thread of the latest run: None before the first run
+    _last_run: _ProbeThread[CheckResult] | None = None
 
     @abc.abstractmethod
     def probe_blocking(self, deadline: float) -> CheckResult:
         """Blocking body; use ``remaining(deadline)`` as the timeout of each call."""
 
     async def probe(self, deadline: float) -> CheckResult:
-        return await run_in_thread(self.probe_blocking, deadline)
+        last = self._last_run
+        if last is not None and not last.finished.is_set():
+            hung = time.monotonic() - last.started
+            return CheckResult(Status.CRITICAL,
+                               f"{self.describe()}: previous probe still running "
+                               f"(hung for {hung:.1f} s)")
+        run = _ProbeThread(self.probe_blocking, deadline)
+        self._last_run = run
+        return await run.result()
 
 
 def remaining(deadline: float, floor: float = 0.001) -> float:
@@ -76,41 +92,53 @@ def remaining(deadline: float, floor: float = 0.001) -> float:
 T = TypeVar("T")
 
 
+class _ProbeThread(Generic[T]):
+    """``func(*args)`` in a new daemon thread; ``finished`` is set when it returns
+    (before its result is handed to the loop, so an awaiter never sees it unset)."""
+
+    def __init__(self, func: Callable[..., T], *args: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[T] = self.loop.create_future()
+        self.finished = threading.Event()
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._body, args=(func, args),
+                                       name=f"probe:{getattr(func, '__qualname__', func)}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _deliver(self, ok: bool, value: Any) -> None:
+        if self.future.done():
+            return
+        if ok:
+            self.future.set_result(value)
+        else:
+            self.future.set_exception(value)
+
+    def _body(self, func: Callable[..., T], args: tuple[Any, ...]) -> None:
+        ok = True
+        value: Any
+        try:
+            value = func(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            ok, value = False, exc
+        finally:
+            self.finished.set()
+        try:
+            self.loop.call_soon_threadsafe(self._deliver, ok, value)
+        except RuntimeError:  # loop closed: nobody is waiting any more
+            pass
+
+    async def result(self) -> T:
+        return await self.future
+
+
 async def run_in_thread(func: Callable[..., T], *args: Any) -> T:
     """Run ``func(*args)`` in a new daemon thread and await its result.
 
     Cancelling the awaiting task abandons the thread (it finishes on its own
     and its result is dropped); nothing waits for it.
     """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def deliver(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def body() -> None:
-        try:
-            value = func(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            try:
-                loop.call_soon_threadsafe(deliver, False, exc)
-            except RuntimeError:  # loop closed: nobody is waiting any more
-                pass
-        else:
-            try:
-                loop.call_soon_threadsafe(deliver, True, value)
-            except RuntimeError:
-                pass
-
-    thread = threading.Thread(target=body, name=f"probe:{getattr(func, '__qualname__', func)}",
-                              daemon=True)
-    thread.start()
-    return await future
+    return await _ProbeThread(func, *args).result()
 
 
 async def run_check(check: Check, timeout: float) -> CheckResult:

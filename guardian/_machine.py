@@ -109,7 +109,8 @@ class Machine:
         self.state = ServiceState.STARTING
         self.since = self.now
         self.reason = "guardian started"
-        self.counters: dict[str, CheckCounters] = {c.name: CheckCounters() for c in self.spec.checks}
+        self.counters: dict[str, CheckCounters] = {
+            c.name: CheckCounters() for c in self.spec.checks}
         self.restarts: list[float] = []       # times of restarts, for the budget window
         self.incident_restarts = 0            # restarts in the current incident (for backoff)
         self.incident_start: float | None = None

@@ -9,7 +9,7 @@ order.  Every error names the file and the key path; unknown keys are errors;
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def _display(path: Path, root: Path) -> str:
         return str(path)
 
 
-def parse_documents(docs: list[tuple[str, Mapping[str, Any]]]) -> GuardianSpec:
+def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSpec:
     errors: list[ConfigError] = []
     warnings: list[str] = []
     guardian_tbl: dict[str, tuple[str, Any]] = {}

@@ -36,6 +36,9 @@ def setup_logging(level: str, target: str) -> None:
         if target == "stderr" else None))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # one line per probe connection is noise even at debug level
+    for noisy in ("urllib3", "requests"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
 
 _config_path: dict[int, Path | None] = {}

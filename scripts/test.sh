@@ -29,7 +29,7 @@ if [ "$(id -u)" -eq 0 ]; then
 else
     echo "=== lab tier skipped: needs root ==="
 fi
-.venv/bin/python -m guardian.lab.cleanup >/dev/null 2>&1 || true
+.venv/bin/python -m guardian.lab cleanup >/dev/null 2>&1 || true
 if [ $ran -eq 0 ] && [ $status -eq 0 ]; then
     echo "test.sh: no test ran at all" >&2
     exit 1

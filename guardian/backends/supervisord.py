@@ -7,6 +7,9 @@ Global, in ``[backends.supervisord]``::
     password = "secret"
     events = true                         # listen for PROCESS_STATE events
     event_socket = "/run/guardian/events.sock"
+    kill_after = "3s"                     # SIGKILL the program's process group if it
+                                          # has not stopped this long after the stop
+                                          # signal ("0" leaves it to stopwaitsecs)
 
 Per service::
 
@@ -56,6 +59,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import socket
 import stat
 import sys
@@ -80,6 +84,9 @@ T = TypeVar("T")
 
 DEFAULT_URL = "unix:///run/supervisor.sock"
 DEFAULT_EVENT_SOCKET = "/run/guardian/events.sock"
+#: Seconds after the stop signal before guardian SIGKILLs a program's process group
+#: (supervisord's own stopwaitsecs is usually 10 s; a hung service should not wait).
+DEFAULT_KILL_AFTER = 3.0
 
 #: supervisord process state name -> ours
 STATES: dict[str, UnitState] = {
@@ -300,23 +307,42 @@ class SupervisordController(Controller):
 
     # -- blocking bodies (run in a worker thread) ----------------------------
     def _wait_while(self, session: _Session, states: tuple[str, ...],
-                    action: str) -> dict[str, Any]:
+                    action: str, until: float | None = None) -> dict[str, Any]:
         delay = _POLL_FIRST
         while True:
             info = self._info(session, action)
             if info.get("statename") not in states:
                 return info
+            if until is not None and time.monotonic() >= until:
+                return info
             session.pause(delay)
             delay = min(delay * 2, _POLL_MAX)
 
     def _do_stop(self, session: _Session, action: str = "stop") -> None:
+        pid = 0
+        if self.backend.local:
+            with contextlib.suppress(BackendError):
+                pid = int(self._info(session, action).get("pid") or 0)
         try:
             session.call("stopProcess", self.unit, False)
         except xmlrpc.client.Fault as fault:
             if fault.faultCode != Faults.NOT_RUNNING:
                 raise self._error(fault, action) from None
+        if pid > 0:
+            # A hung service is often a stopped one (SIGSTOP, a debugger, a frozen
+            # cgroup): the stop signal stays pending until it runs again, and
+            # supervisord would wait its whole stopwaitsecs.  Let it run.
+            _signal_group(pid, signal.SIGCONT)
         # stopProcess(wait=True) would hold the answer in supervisord and
         # re-check every 50 ms; polling here wakes supervisord to reap sooner.
+        kill_at = time.monotonic() + self.backend.kill_after if pid > 0 else None
+        if kill_at is not None and self.backend.kill_after > 0:
+            info = self._wait_while(session, ("STOPPING",), action, until=kill_at)
+            if info.get("statename") == "STOPPING":
+                log.warning("%s %s: still stopping %.1f s after the stop signal; "
+                            "SIGKILL to process group %d", action, self.unit,
+                            self.backend.kill_after, pid)
+                _signal_group(pid, signal.SIGKILL)
         info = self._wait_while(session, ("STOPPING",), action)
         if info.get("statename") in ("RUNNING", "STARTING", "BACKOFF"):
             raise BackendError(f"{action} {self.unit}: still {info.get('statename')} "
@@ -484,8 +510,10 @@ class SupervisordBackend(Backend):
 
     def __init__(self, url: str = DEFAULT_URL, username: str | None = None,
                  password: str | None = None, events: bool = True,
-                 event_socket: str = DEFAULT_EVENT_SOCKET) -> None:
+                 event_socket: str = DEFAULT_EVENT_SOCKET,
+                 kill_after: float = DEFAULT_KILL_AFTER) -> None:
         self.url = url
+        self.kill_after = kill_after
         self.username = username
         self.password = password
         self.events_enabled = events
@@ -509,7 +537,8 @@ class SupervisordBackend(Backend):
             raise opts.error("event_socket", f"{event_socket!r} is not an absolute path")
         if len(os.fsencode(event_socket)) > 107:
             raise opts.error("event_socket", "is longer than a unix socket path may be")
-        return cls(url, username, password, events, event_socket)
+        kill_after = opts.duration("kill_after", DEFAULT_KILL_AFTER)
+        return cls(url, username, password, events, event_socket, kill_after)
 
     def controller(self, service: str, opts: Options) -> SupervisordController:
         unit = opts.convert("unit", _to_unit, _to_unit(service))
@@ -571,6 +600,19 @@ class SupervisordBackend(Backend):
 
 #: Datagrams waiting for events()' consumer; beyond that they are dropped.
 _INBOX_SIZE = 1000
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the process group ``pid`` leads (supervisord makes every program a
+    group leader), or just ``pid`` if it leads none; gone is fine."""
+    try:
+        target = os.getpgid(pid)
+        if target == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _drain(sock: socket.socket, inbox: asyncio.Queue[bytes | OSError | None]) -> None:

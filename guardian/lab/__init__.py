@@ -20,6 +20,7 @@ by ``Lab.close()``; ``cleanup_stale()`` removes what crashed runs left behind.
 """
 
 from ._errors import CommandError, LabError, LabTimeout, LabUnavailable, SupervisorError
+from ._guardian import Guardiand
 from ._host import Host
 from ._lab import Lab
 from ._netns import call_in_netns, netns_executor
@@ -48,6 +49,7 @@ from ._supervisor import ProcessInfo, Supervisor
 from ._vm import VM
 
 __all__ = [
+    "Guardiand",
     "CLIENT_IP",
     "DEFAULT_ROOT",
     "DOM0_IP",
