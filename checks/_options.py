@@ -57,11 +57,15 @@ def parse_duration(value: object) -> float:
 
 
 def format_duration(seconds: float) -> str:
+    """A duration for people: "250ms", "1.5s", "4m51s", "2h" (rounded)."""
     if seconds < 1.0:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 120:
-        return f"{seconds:g}s"
-    return f"{seconds / 60:g}m"
+        return f"{round(seconds, 1):g}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if secs == 0 and minutes % 60 == 0:
+        return f"{minutes // 60}h"
+    return f"{minutes}m" if secs == 0 else f"{minutes}m{secs}s"
 
 
 class Options:

@@ -4,12 +4,17 @@ No resolver and no fallback to another server: ``dns.query.udp`` / ``tcp``
 against the address given, the timeout being what remains of the deadline.
 dnspython checks that the answer matches the query (id and question) and, for
 UDP, that it came from the address asked.  A truncated UDP answer is asked
-again over TCP within the same deadline.
+again over TCP within the same deadline.  The UDP socket asks the kernel for
+ICMP errors (``IP_RECVERR``), so a server whose port is closed (named stopped)
+is "connection refused" at once, as nslookup and dig see it, not a timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import socket
+import sys
 
 import dns.exception
 import dns.flags
@@ -28,6 +33,27 @@ from ._options import Options
 from ._result import CheckResult, Status
 
 _MAX_TRANSCRIPT_RRS = 20
+# Linux values; Python 3.11's socket module does not name them.
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+
+
+def _udp_socket(server: str) -> socket.socket:
+    """A non-blocking, unconnected UDP socket for ``server``'s address family that
+    reports ICMP errors (port unreachable -> ECONNREFUSED) on Linux.
+
+    Unconnected, so dnspython still sees (and rejects) an answer from another
+    address; without IP_RECVERR the kernel drops the ICMP error of such a socket
+    and the probe would wait for its whole timeout."""
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    if sys.platform.startswith("linux"):
+        level, option = ((socket.IPPROTO_IPV6, _IPV6_RECVERR) if family == socket.AF_INET6
+                         else (socket.IPPROTO_IP, _IP_RECVERR))
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, 1)
+    return sock
 
 
 def _ip_address(value: object) -> str:
@@ -125,8 +151,9 @@ class DnsCheck(BlockingCheck):
                       f"{self.transport.upper()} flags {dns.flags.to_text(query.flags) or '-'}"]
         try:
             if self.transport == "udp":
-                response = dns.query.udp(query, self.server, timeout=remaining(deadline),
-                                         port=self.port, ignore_unexpected=False)
+                with _udp_socket(self.server) as sock:
+                    response = dns.query.udp(query, self.server, timeout=remaining(deadline),
+                                             port=self.port, ignore_unexpected=False, sock=sock)
                 if response.flags & dns.flags.TC:
                     transcript.append("< truncated over UDP: asking again over TCP")
                     response = dns.query.tcp(query, self.server, timeout=remaining(deadline),

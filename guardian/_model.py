@@ -47,7 +47,7 @@ class RestartPolicy:
     backoff_max: float = 30.0
     jitter: float = 0.1
     timeout: float = 15.0
-    exhausted_retry: float = 300.0   # 0: no slow retries after the ladder
+    exhausted_retry: float = 60.0   # 0: no slow retries after the ladder
 
     def delay(self, k: int) -> float:
         """Base delay (before jitter) for the restart number ``k`` (0-based) of an incident."""

@@ -40,6 +40,7 @@ backoff = "1s"                      # first restart at once, then 1s, 2s, 4s ...
 backoff_max = "30s"
 jitter = 0.1
 timeout = "15s"                     # one restart call
+exhausted_retry = "1m"              # after the ladder: one slow retry a minute
 
 [[services.apache2.checks]]
 type = "http"
@@ -69,6 +70,11 @@ timeout = "1s"
 [services.exim4]
 backend = "supervisord"
 unit = "exim4"
+# Exim resolves names through this guest's own BIND (resolv.conf -> 127.0.0.1):
+# while named is down or hung, Exim's greeting waits on DNS too.  "requires"
+# marks exim4 "blocked by dependency" then instead of restarting it for nothing,
+# and starts it after named.
+requires = ["named"]
 start_grace = "5s"
 ladder = ["alert"]
 

@@ -214,6 +214,10 @@ def format_status_table(status: dict[str, Any]) -> str:
             out.append(f"  {s['name']}: {s['reason']}")
     if not status["services"]:
         out.append("  (no service enabled: see /etc/guardian/conf.d/)")
+    reload_error = status.get("last_reload_error")
+    if reload_error:
+        out.append("last reload refused; the running configuration stays:")
+        out.extend(f"  {line}" for line in str(reload_error).splitlines()[1:] or [reload_error])
     return "\n".join(out)
 
 

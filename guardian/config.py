@@ -251,7 +251,7 @@ def _parse_service(name: str, source: str, tbl: Mapping[str, Any],
         backoff_max=rtbl.duration("backoff_max", 30.0),
         jitter=rtbl.convert("jitter", _fraction, 0.1),
         timeout=rtbl.duration("timeout", 15.0),
-        exhausted_retry=rtbl.duration("exhausted_retry", 300.0),
+        exhausted_retry=rtbl.duration("exhausted_retry", 60.0),
     )
     rtbl.finish()
     if policy.window <= 0:

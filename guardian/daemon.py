@@ -46,7 +46,14 @@ _config_path: dict[int, Path | None] = {}
 
 def reload_from_disk(sup: Supervisor) -> str | None:
     """Re-read the config the daemon was started with; keep the old one on error."""
-    path = _config_path.get(id(sup))
+    if id(sup) not in _config_path:
+        # built through the library API: reading the default file would swap in
+        # a configuration this Supervisor never had
+        msg = ("reload refused: this guardian was not started from a configuration file "
+               "(library use: call Supervisor.reload(spec))")
+        log.error("%s", msg)
+        return msg
+    path = _config_path[id(sup)]
     try:
         spec = config_mod.load(path)
     except (ConfigErrors, ConfigError) as exc:

@@ -1,15 +1,25 @@
-"""Shared helpers for the check tests: running a check to completion, and
-self-signed TLS material made on the fly with ``cryptography``."""
+"""Shared helpers: running a check to completion, self-signed TLS material made
+on the fly with ``cryptography``, and a private supervisord in a temp directory."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
+import os
+import shutil
+import signal
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+import subprocess
+import sys
+import tempfile
+import time
+import xmlrpc.client
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +122,130 @@ def tls_cert_factory(tmp_path_factory: pytest.TempPathFactory) -> TlsFactory:
         return TlsFiles(cert_path, key_path, ca_path)
 
     return issue
+
+
+# ----------------------------------------------------------------------------- supervisord
+SUPERVISORD = "/usr/bin/supervisord"
+
+
+@dataclass
+class SupervisordProc:
+    """A private supervisord: its directory (short: unix socket paths are limited
+    to 107 bytes), its process, and a plain XML-RPC view for the test's own checks."""
+
+    dir: Path
+    proc: subprocess.Popen[bytes]
+    programs: tuple[str, ...]
+    extra_pids: list[int] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.dir}/s.sock"
+
+    @property
+    def event_socket(self) -> str:
+        return f"{self.dir}/ev.sock"
+
+    def rpc(self) -> Any:
+        from supervisor.xmlrpc import SupervisorTransport
+        return xmlrpc.client.ServerProxy(
+            "http://127.0.0.1", transport=SupervisorTransport(None, None, self.url)).supervisor
+
+    def info(self, name: str) -> dict[str, Any]:
+        info: dict[str, Any] = self.rpc().getProcessInfo(name)
+        return info
+
+    def pid(self, name: str) -> int:
+        return int(self.info(name)["pid"])
+
+    def log(self) -> str:
+        return (self.dir / "supervisord.log").read_text(errors="replace")
+
+
+SupervisordFactory = Callable[..., SupervisordProc]
+
+
+@pytest.fixture
+def supervisord_factory() -> Iterator[SupervisordFactory]:
+    """``supervisord_factory(programs, ready=...)`` -> SupervisordProc.
+
+    ``programs`` maps a program name to its section body (``command=...`` and
+    options); guardian's event listener is registered too, forwarding to
+    ``event_socket``.  Returns once every autostarted program is RUNNING and
+    ``ready()`` (if given) is true.  At the end every program process, every pid
+    the test added to ``extra_pids`` and supervisord itself are killed by pid.
+    """
+    if not os.path.exists(SUPERVISORD):
+        pytest.skip(f"{SUPERVISORD} is not installed")
+    from guardian.backends import listener_config_snippet
+
+    started: list[SupervisordProc] = []
+
+    def start(programs: dict[str, str], ready: Callable[[], bool] | None = None,
+              timeout: float = 15.0) -> SupervisordProc:
+        d = Path(tempfile.mkdtemp(prefix="gsup-", dir="/tmp"))
+        sections = "\n".join(f"[program:{name}]\n{body.strip()}\ndirectory={d}\n"
+                             for name, body in programs.items())
+        conf = d / "supervisord.conf"
+        conf.write_text(f"""\
+[unix_http_server]
+file={d}/s.sock
+chmod=0700
+
+[supervisord]
+nodaemon=true
+logfile={d}/supervisord.log
+pidfile={d}/supervisord.pid
+childlogdir={d}
+loglevel=info
+minfds=64
+minprocs=16
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+{sections}
+{listener_config_snippet(sys.executable, f"{d}/ev.sock")}
+""")
+        with open(d / "stdout.log", "wb") as out:
+            proc = subprocess.Popen([SUPERVISORD, "-n", "-c", str(conf)], stdout=out,
+                                    stderr=subprocess.STDOUT, cwd=d)
+        sd = SupervisordProc(d, proc, tuple(programs))
+        started.append(sd)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError("supervisord exited: "
+                                     + (d / "stdout.log").read_text(errors="replace"))
+            try:
+                infos = sd.rpc().getAllProcessInfo()
+                up = all(i["statename"] == "RUNNING" for i in infos
+                         if i["name"] == "guardian" or "autostart=false" not in
+                         programs.get(i["name"], "").replace(" ", ""))
+            except (OSError, xmlrpc.client.Error):
+                up = False
+            if up and (ready is None or ready()):
+                return sd
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"supervisord in {d}: programs not up after {timeout} s:\n"
+                                     + sd.log())
+            time.sleep(0.02)
+
+    try:
+        yield start
+    finally:
+        for sd in started:
+            pids = list(sd.extra_pids)
+            if sd.proc.poll() is None:
+                with contextlib.suppress(OSError, xmlrpc.client.Error):
+                    pids += [i["pid"] for i in sd.rpc().getAllProcessInfo() if i["pid"]]
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            sd.proc.send_signal(signal.SIGTERM)
+            try:
+                sd.proc.wait(10.0)
+            except subprocess.TimeoutExpired:
+                sd.proc.kill()
+                sd.proc.wait(5.0)
+            shutil.rmtree(sd.dir, ignore_errors=True)
