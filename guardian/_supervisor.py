@@ -193,12 +193,19 @@ class ServiceRunner:
         self.restart_count_total += 1
         self.last_restart_duration = self.clock() - started
         detail = f"{self.controller.describe()} in {format_duration(self.last_restart_duration)}"
+        gone: str | None = None
         with contextlib.suppress(BackendError):
             st = await self.controller.status(self.clock() + 2.0)
             if st.pid and st.pid != old_pid:
                 self._watch(st.pid)
                 detail += f", pid {st.pid}"
+            elif st.state in (UnitState.STOPPED, UnitState.EXITED, UnitState.FAILED):
+                # died at once (a broken config): say so now, not after the start grace
+                gone = (f"{self.controller.describe()} {st.state.value} right after the "
+                        f"restart ({st.detail})")
         self.post(RestartFinished(True, detail))
+        if gone is not None:
+            self.post(UnitDown(gone))
 
     async def _run_step(self, action: RunStep) -> None:
         async with self._ladder_lock:   # rungs run in order
@@ -283,10 +290,12 @@ class ServiceRunner:
 
     def _pid_exited(self, fd: int, pid: int) -> None:
         if fd != self._pidfd:
-            return
+            return   # an older watch
         self._close_pidfd()
-        if self.machine.state is not ServiceState.RESTARTING:
-            self.post(UnitDown(f"{self.controller.describe()}: process {pid} exited"))
+        # A restart closes the old watch first, so this is the current process,
+        # even while the machine is still RESTARTING (the new process died at
+        # once): the inbox is FIFO, so RestartFinished is seen before this.
+        self.post(UnitDown(f"{self.controller.describe()}: process {pid} exited"))
 
     def _close_pidfd(self) -> None:
         fd, self._pidfd = self._pidfd, None

@@ -318,11 +318,10 @@ class SupervisordController(Controller):
             session.pause(delay)
             delay = min(delay * 2, _POLL_MAX)
 
-    def _do_stop(self, session: _Session, action: str = "stop") -> None:
-        pid = 0
-        if self.backend.local:
-            with contextlib.suppress(BackendError):
-                pid = int(self._info(session, action).get("pid") or 0)
+    def _do_stop(self, session: _Session, action: str = "stop", pid: int = 0) -> None:
+        """Stop the program; ``pid`` is its process as last seen (0: unknown)."""
+        if not self.backend.local:
+            pid = 0     # not our process namespace: nothing to signal
         try:
             session.call("stopProcess", self.unit, False)
         except xmlrpc.client.Fault as fault:
@@ -335,15 +334,16 @@ class SupervisordController(Controller):
             _signal_group(pid, signal.SIGCONT)
         # stopProcess(wait=True) would hold the answer in supervisord and
         # re-check every 50 ms; polling here wakes supervisord to reap sooner.
-        kill_at = time.monotonic() + self.backend.kill_after if pid > 0 else None
-        if kill_at is not None and self.backend.kill_after > 0:
-            info = self._wait_while(session, ("STOPPING",), action, until=kill_at)
-            if info.get("statename") == "STOPPING":
-                log.warning("%s %s: still stopping %.1f s after the stop signal; "
-                            "SIGKILL to process group %d", action, self.unit,
-                            self.backend.kill_after, pid)
-                _signal_group(pid, signal.SIGKILL)
-        info = self._wait_while(session, ("STOPPING",), action)
+        until = None
+        if pid > 0 and self.backend.kill_after > 0:
+            until = time.monotonic() + self.backend.kill_after
+        info = self._wait_while(session, ("STOPPING",), action, until=until)
+        if info.get("statename") == "STOPPING":
+            log.warning("%s %s: still stopping %.1f s after the stop signal; "
+                        "SIGKILL to process group %d", action, self.unit,
+                        self.backend.kill_after, pid)
+            _signal_group(pid, signal.SIGKILL)
+            info = self._wait_while(session, ("STOPPING",), action)
         if info.get("statename") in ("RUNNING", "STARTING", "BACKOFF"):
             raise BackendError(f"{action} {self.unit}: still {info.get('statename')} "
                                "after stopProcess")
@@ -386,7 +386,7 @@ class SupervisordController(Controller):
         state = info.get("statename")
         if state in ("RUNNING", "STARTING"):
             if self._alive(info):
-                self._do_stop(session, "restart")
+                self._do_stop(session, "restart", int(info.get("pid") or 0))
             # else: it died and supervisord has not noticed: no stop needed
         elif state == "BACKOFF":
             self._do_stop(session, "restart")
@@ -422,7 +422,11 @@ class SupervisordController(Controller):
         await self._run("start", self._do_start, deadline)
 
     async def stop(self, deadline: float) -> None:
-        await self._run("stop", self._do_stop, deadline)
+        def body(session: _Session) -> None:
+            pid = int(self._info(session, "stop").get("pid") or 0)
+            self._do_stop(session, "stop", pid)
+
+        await self._run("stop", body, deadline)
 
     async def restart(self, deadline: float) -> None:
         await self._run("restart", self._do_restart, deadline)
@@ -607,6 +611,8 @@ def _signal_group(pid: int, sig: int) -> None:
     group leader), or just ``pid`` if it leads none; gone is fine."""
     try:
         target = os.getpgid(pid)
+        if pid == os.getpid() or target == os.getpgrp():
+            return      # never ourselves
         if target == pid:
             os.killpg(pid, sig)
         else:

@@ -163,6 +163,14 @@ autorestart=false
 startsecs=1
 startretries=0
 
+; ignores the stop signal: only a SIGKILL ends it
+[program:stubborn]
+command=sh -c 'trap "" TERM; exec sleep 600'
+autostart=false
+autorestart=false
+startsecs=0
+stopwaitsecs=30
+
 [group:grp]
 programs=member
 
@@ -334,6 +342,44 @@ def test_restart_running_gives_new_pid(supervisord: Supervisord) -> None:
     assert info["pid"] not in (0, old)
     wait_for(lambda: serving(supervisord.web_port), 5.0, "web to serve after restart")
     print(f"\nrestart of a running program (stop+start): {took * 1000:.1f} ms")
+
+
+def test_restart_of_a_stopped_process_lets_it_handle_the_stop_signal(
+        supervisord: Supervisord) -> None:
+    """SIGSTOPped (hung) program: its SIGTERM stays pending until SIGCONT; without
+    the backend's SIGCONT supervisord would wait stopwaitsecs (5 s) and SIGKILL."""
+    web = supervisord.controller(None, kill_after="20s")
+    old = supervisord.info("web")["pid"]
+    os.kill(old, signal.SIGSTOP)
+    t0 = time.monotonic()
+    run(web.restart(soon(15)))
+    took = time.monotonic() - t0
+    assert dead(old)
+    assert supervisord.info("web")["pid"] not in (0, old)
+    assert took < 2.0, f"restart of a stopped program took {took:.2f} s"
+    wait_for(lambda: serving(supervisord.web_port), 5.0, "web to serve after restart")
+    print(f"\nrestart of a SIGSTOPped program: {took * 1000:.1f} ms")
+
+
+def test_restart_kills_a_program_that_ignores_the_stop_signal(
+        supervisord: Supervisord) -> None:
+    stubborn = supervisord.controller("stubborn", kill_after="300ms")
+    run(stubborn.start(soon()))
+    old = wait_for(lambda: supervisord.info("stubborn")["pid"], 5.0, "stubborn's pid")
+    t0 = time.monotonic()
+    run(stubborn.restart(soon(15)))
+    took = time.monotonic() - t0
+    assert dead(old)
+    assert supervisord.info("stubborn")["pid"] not in (0, old)
+    assert 0.3 <= took < 2.0, f"took {took:.2f} s (stopwaitsecs is 30 s)"
+    run(stubborn.stop(soon(15)))
+
+
+def test_kill_after_option() -> None:
+    opts = Options({"kill_after": "2 parsecs"}, "backends.supervisord", "test")
+    with pytest.raises(Exception, match="kill_after"):
+        SupervisordBackend.from_options(opts)
+    assert SupervisordBackend().kill_after == 3.0
 
 
 def test_restart_from_exited_and_fatal(supervisord: Supervisord) -> None:

@@ -259,7 +259,7 @@ def test_stop_of_a_stopped_program_is_fine(fake: tuple[FakeSupervisor, str]) -> 
 
     sup.on_stop = stop
     asyncio.run(controller(url).stop(time.monotonic() + 5.0))
-    assert sup.names() == ["stopProcess", "getProcessInfo"]
+    assert sup.names() == ["getProcessInfo", "stopProcess", "getProcessInfo"]
 
 
 def test_http_url_with_credentials() -> None:
