@@ -1,13 +1,12 @@
-# Two commands do everything on a fresh Debian bookworm machine (as root):
-#   make demo   - build the lab and watch guardiand supervise Apache, BIND and Exim
-#   make test   - the whole test suite (unit tier, then the lab tier)
+# Shortcuts for the scripts the README names (scripts/demo.sh, scripts/test.sh);
+# those two work on a fresh Debian bookworm machine without make installed.
 .PHONY: setup demo test unit lab bench lint types clean
 
 setup:
 	bash scripts/setup.sh
 
-demo: setup
-	.venv/bin/python -m guardian.lab.demo
+demo:
+	bash scripts/demo.sh
 
 test:
 	bash scripts/test.sh
@@ -28,5 +27,5 @@ types: setup
 	.venv/bin/mypy
 
 clean:
-	.venv/bin/python -m guardian.lab.cleanup || true
+	.venv/bin/python -m guardian.lab cleanup || true
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

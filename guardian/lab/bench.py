@@ -51,6 +51,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -126,10 +127,17 @@ MONIT_RC = f"{MONIT_DIR}/monitrc"
 MONIT_LOG = "/var/log/bench-monit.log"
 MONIT_SETTINGS = (
     "monit 5.33: set daemon 1 with start delay 0 (its minimum cycle); check process "
-    "apache2 with pidfile; start = supervisorctl start apache2, stop = supervisorctl "
-    "stop apache2; if failed host 127.0.0.1 port 80 protocol http with timeout 1 "
-    "seconds (its minimum) then restart (first failing cycle); supervisord "
-    "autorestart=false startsecs=0"
+    "apache2 with pidfile; start program = supervisorctl start apache2 with timeout 2 "
+    "seconds (monit pauses connection tests that long after a start), stop program = "
+    "supervisorctl stop apache2; if failed host 127.0.0.1 port 80 protocol http with "
+    "timeout 1 seconds (its minimum) then restart (on the first failing cycle); "
+    "supervisord autorestart=false startsecs=0"
+)
+#: Added to monit's settings in the sigstop scenario.
+MONIT_SIGSTOP_NOTE = (
+    "; a hung apache2 costs supervisord's stopwaitsecs (5 s in the lab) on top: "
+    "supervisorctl stop sends SIGTERM to a stopped group, which cannot act on it, and "
+    "supervisord SIGKILLs it only after stopwaitsecs"
 )
 
 
@@ -220,6 +228,7 @@ class Result:
             "scenario": self.scenario,
             "system": self.system,
             "runs": len(self.samples),
+            "attempts": len(self.samples) + len(self.failures),
             "median_s": _round(self.median),
             "max_s": _round(self.max),
             "min_s": _round(min(self.samples) if self.samples else None),
@@ -379,7 +388,7 @@ class System(Protocol):
     name: str
     vm: VM
 
-    def settings(self) -> str: ...
+    def settings(self, scenario: str) -> str: ...
 
     def before_kill(self) -> None: ...
 
@@ -426,7 +435,7 @@ class GuardiandSystem:
             self.close()
             raise
 
-    def settings(self) -> str:
+    def settings(self, scenario: str) -> str:
         return GUARDIAND_SETTINGS
 
     def before_kill(self) -> None:
@@ -460,7 +469,7 @@ class SupervisordSystem:
             self.vm.destroy()
             raise
 
-    def settings(self) -> str:
+    def settings(self, scenario: str) -> str:
         return SUPERVISORD_SETTINGS
 
     def before_kill(self) -> None:
@@ -495,8 +504,8 @@ class MonitSystem:
             self.close()
             raise
 
-    def settings(self) -> str:
-        return MONIT_SETTINGS
+    def settings(self, scenario: str) -> str:
+        return MONIT_SETTINGS + (MONIT_SIGSTOP_NOTE if scenario == SIGSTOP else "")
 
     def status(self) -> dict[str, str]:
         """``monit status apache2`` as a dict ("status", "pid", ...)."""
@@ -614,7 +623,7 @@ def _repair(system: System, old: int) -> None:
 def run_scenario(system: System, clock: OutageClock, scenario: str, runs: int, *,
                  timeout: float, rng: random.Random, log: Log = _stderr) -> Result:
     sig = signal.SIGKILL if scenario == SIGKILL else signal.SIGSTOP
-    result = Result(scenario, system.name, system.settings())
+    result = Result(scenario, system.name, system.settings(scenario))
     for i in range(runs):
         took, why = one_run(system, clock, sig, timeout=timeout, rng=rng)
         if took is None:
@@ -735,49 +744,64 @@ def _fmt_s(x: Any) -> str:
     return f"{x:.3f} s"
 
 
+SCENARIO_TITLES = {
+    SIGKILL: "SIGKILL apache2's process group -> first HTTP 200 from a new apache2",
+    SIGSTOP: "SIGSTOP apache2's process group (hung) -> first HTTP 200 from a new apache2",
+}
+
+
 def format_report(records: Sequence[dict[str, Any]]) -> str:
+    """The table printed at the end: per scenario, per system median/max/min and the
+    ratio to guardiand, then the settings of every system, the goals, the idle cost."""
     lines: list[str] = []
     outage = [r for r in records if r["scenario"] in SCENARIOS]
-    if outage:
-        lines.append(f"{'scenario':<9} {'system':<12} {'runs':>5} {'median':>9} {'max':>9} "
-                     f"{'min':>9}  vs guardiand")
-        for r in outage:
-            attempts = r["runs"] + r.get("failures", 0)
-            runs = f"{r['runs']}/{attempts}" if r.get("note") is None else "n/a"
+    for sc in SCENARIOS:
+        rows = [r for r in outage if r["scenario"] == sc]
+        if not rows:
+            continue
+        lines.append(f"{sc}: {SCENARIO_TITLES[sc]}")
+        lines.append(f"  {'system':<12} {'runs':>5} {'median':>9} {'max':>9} {'min':>9}  "
+                     "median ratio")
+        for r in rows:
             ratio = r.get("ratio_vs_guardiand")
-            rtxt = "" if r["system"] == GUARDIAND else \
-                (f"{ratio:.1f}x slower" if isinstance(ratio, float) else "n/a")
-            lines.append(f"{r['scenario']:<9} {r['system']:<12} {runs:>5} "
-                         f"{_fmt_s(r['median_s']):>9} {_fmt_s(r['max_s']):>9} "
-                         f"{_fmt_s(r.get('min_s')):>9}  {rtxt}")
-        lines.append("")
-        lines.append("ratios (median / guardiand's median):")
-        for r in outage:
-            ratio = r.get("ratio_vs_guardiand")
-            if isinstance(ratio, float):
-                lines.append(f"  {r['scenario']}: {r['system']}/guardiand = {ratio:.1f}x")
-        lines.append("")
-        lines.append("settings:")
-        seen: set[str] = set()
-        for r in outage:
-            if r["settings"] not in seen and r.get("note") is None:
-                seen.add(r["settings"])
-                lines.append(f"  {r['system']}: {r['settings']}")
-        for r in outage:
             if r.get("note"):
-                lines.append(f"  {r['scenario']} {r['system']}: n/a, {r['note']}")
-        failures = [r for r in outage if r.get("failures")]
-        for r in failures:
-            for why in r["failure_reasons"]:
-                lines.append(f"  FAILED run: {r['scenario']} {r['system']}: {why}")
+                runs, rtxt = "n/a", "n/a (does not notice a hung process)"
+            else:
+                runs = f"{r['runs']}/{r['attempts']}"
+                rtxt = "" if r["system"] == GUARDIAND else (
+                    f"{r['system']}/guardiand = {ratio:.1f}x"
+                    if isinstance(ratio, float) else "n/a")
+            lines.append(f"  {r['system']:<12} {runs:>5} {_fmt_s(r['median_s']):>9} "
+                         f"{_fmt_s(r['max_s']):>9} {_fmt_s(r.get('min_s')):>9}  {rtxt}")
+        lines.append("")
+    if outage:
+        lines.append("settings:")
+        printed: dict[str, str] = {}
+        for r in outage:
+            name, text = r["system"], r["settings"]
+            if r.get("note") or printed.get(name) == text:
+                continue
+            if name in printed and text.startswith(printed[name]):
+                lines += _wrap(f"{name}, {r['scenario']}: {text[len(printed[name]):]}")
+            else:
+                printed[name] = text
+                lines += _wrap(f"{name}: {text}")
+        for r in outage:
+            for why in r.get("failure_reasons", []):
+                lines += _wrap(f"FAILED run: {r['scenario']} {r['system']}: {why}")
         lines.append("")
         lines += _goals(outage)
     for r in records:
         if r["scenario"].startswith("idle-"):
-            lines.append(f"guardiand idle ({r['seconds']:g} s, shipped sample config): "
-                         f"RSS {r['rss_mib']:.1f} MiB (peak {r['rss_hwm_mib']:.1f} MiB), "
-                         f"CPU {r['cpu_percent']:.2f}% ({r['cpu_seconds']:.2f} s)")
+            lines.append(f"guardiand idle {r['seconds']:g} s (shipped sample config: apache2, "
+                         f"named, exim4 via supervisord): RSS {r['rss_mib']:.1f} MiB "
+                         f"(peak {r['rss_hwm_mib']:.1f} MiB), CPU {r['cpu_percent']:.2f}% "
+                         f"({r['cpu_seconds']:.2f} s)")
     return "\n".join(lines)
+
+
+def _wrap(text: str) -> list[str]:
+    return textwrap.wrap(text, width=100, initial_indent="  ", subsequent_indent="      ")
 
 
 def _goals(outage: Sequence[dict[str, Any]]) -> list[str]:
@@ -842,6 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     def on_term(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the cleanup finish
         raise KeyboardInterrupt(f"signal {signum}")  # unwinds: every process is stopped
 
     signal.signal(signal.SIGTERM, on_term)

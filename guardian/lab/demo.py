@@ -118,8 +118,9 @@ def run(keep: bool) -> int:
         t0 = time.monotonic()
         vm.boot()
         times = vm.wait_ready(timeout=30)
+        each = ", ".join(f"{k} {v:.2f} s" for k, v in times.items())
         say(f"   lab {lab.id}: vm01 at {vm.spec.ip} serving after "
-            f"{time.monotonic() - t0:.2f} s ({', '.join(f'{k} {v:.2f} s' for k, v in times.items())})")
+            f"{time.monotonic() - t0:.2f} s ({each})")
 
         banner("guardiand on the shipped default config (guardian sample-config)")
         g = Guardiand(vm, SAMPLE_CONFIG)
