@@ -61,8 +61,8 @@ class BlockingCheck(Check):
 
     At most one run of a check is in flight.  A thread cannot be killed: when
     the previous run's thread still hangs past its deadline, the next run does
-    not start a second one but answers CRITICAL "previous probe still running"
-    at once, until that thread returns.
+    not start a second one; it waits for it within its own deadline, and answers
+    CRITICAL "previous probe still running" if it has not returned by then.
     """
 
     # the thread of the latest run: None before the first run
@@ -75,13 +75,26 @@ class BlockingCheck(Check):
     async def probe(self, deadline: float) -> CheckResult:
         last = self._last_run
         if last is not None and not last.finished.is_set():
-            hung = time.monotonic() - last.started
-            return CheckResult(Status.CRITICAL,
-                               f"{self.describe()}: previous probe still running "
-                               f"(hung for {hung:.1f} s)")
+            # The previous run's thread outlived its deadline (usually by a hair: its
+            # socket timeout ends just after).  Give it this run's time to return
+            # before judging: one slow answer must not count as two failures.
+            until = deadline - _JUDGE_MARGIN
+            while not last.finished.is_set() and time.monotonic() < until:
+                await asyncio.sleep(_HUNG_POLL)
+            if not last.finished.is_set():
+                hung = time.monotonic() - last.started
+                return CheckResult(Status.CRITICAL,
+                                   f"{self.describe()}: previous probe still running "
+                                   f"(hung for {hung:.1f} s)")
         run = _ProbeThread(self.probe_blocking, deadline)
         self._last_run = run
         return await run.result()
+
+
+#: How often a run waiting for its predecessor's hung thread looks again (seconds),
+#: and how long before its own deadline it gives up waiting and reports.
+_HUNG_POLL = 0.01
+_JUDGE_MARGIN = 0.02
 
 
 def remaining(deadline: float, floor: float = 0.001) -> float:

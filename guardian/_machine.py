@@ -116,6 +116,7 @@ class Machine:
         self.incident_start: float | None = None
         self.ladder_done = False
         self.deps_down: tuple[str, ...] = ()
+        self.unit_detail = ""          # what the service manager said when the unit died
         self.unit_dead = False
         self.grace_end = self.now + self.spec.start_grace
         self.up_since: float | None = None
@@ -156,7 +157,10 @@ class Machine:
         if worst is None:
             return "no failing check"
         c = worst[1]
-        return f"{c.fail}/{self.spec.fall} {c.last.value if c.last else '?'} ({c.detail})"
+        verdict = c.last.value if c.last else "?"
+        if c.fail <= self.spec.fall:
+            return f"{c.fail}/{self.spec.fall} {verdict} ({c.detail})"
+        return f"{verdict} {c.fail} times in a row ({c.detail})"
 
     def _set(self, new: ServiceState, now: float, reason: str, out: list[Action]) -> None:
         if new is not self.state:
@@ -195,7 +199,7 @@ class Machine:
         elif isinstance(event, UnitDown):
             if s is not S.RESTARTING:
                 self.unit_dead = True
-                self.reason = event.detail
+                self.unit_detail = event.detail
         elif isinstance(event, DepsChanged):
             self.deps_down = event.down
         elif isinstance(event, RestartFinished):
@@ -267,7 +271,7 @@ class Machine:
 
     def _why(self) -> str:
         if self.unit_dead:
-            return self.reason if self.reason else "process exited"
+            return self.unit_detail or "process exited"
         return self.failing_summary()
 
     def _open_incident(self, now: float) -> None:

@@ -38,7 +38,7 @@ from ._machine import (
 from ._model import CheckSpec, GuardianSpec, ServiceSpec
 from ._states import LadderAction, Mode, ServiceState
 from .backends import Backend, BackendError, Controller, UnitEvent, UnitState, load_backend_class
-from .backends._proc import run_command
+from .backends._proc import pid_alive, run_command
 
 log = logging.getLogger("guardian")
 
@@ -278,7 +278,7 @@ class ServiceRunner:
     def _watch(self, pid: int) -> None:
         self._close_pidfd()
         self.pid = pid
-        if not self.spec.watch_pid:
+        if not self.spec.watch_pid or not self.controller.local_pids:
             return
         try:
             fd = os.pidfd_open(pid)
@@ -312,7 +312,10 @@ class ServiceRunner:
             if ev.pid is not None and self.pid is not None and ev.pid != self.pid:
                 return   # about an older process
             self.post(UnitDown(f"{self.controller.describe()}: {ev.detail or ev.state.value}"))
-        elif ev.state is UnitState.RUNNING and ev.pid and ev.pid != self.pid:
+        elif (ev.state is UnitState.RUNNING and ev.pid and ev.pid != self.pid
+              and pid_alive(ev.pid)):
+            # (a late RUNNING event of a process that already died must not
+            # replace the watch on its successor)
             self._watch(ev.pid)
 
     # ------------------------------------------------------------ status

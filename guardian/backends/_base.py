@@ -53,6 +53,9 @@ class Controller(abc.ABC):
     """Start/stop/restart/status of one unit."""
 
     unit: str
+    #: Are the pids this controller reports in our own pid namespace?  (False for a
+    #: remote service manager: then guardian does not watch them with a pidfd.)
+    local_pids: bool = True
 
     @abc.abstractmethod
     async def start(self, deadline: float) -> None: ...

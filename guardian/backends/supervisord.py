@@ -235,6 +235,10 @@ class SupervisordController(Controller):
         self.unit = unit
         self.key_path = key_path
 
+    @property
+    def local_pids(self) -> bool:  # type: ignore[override]
+        return self.backend.local
+
     def describe(self) -> str:
         return f"supervisord:{self.unit}"
 

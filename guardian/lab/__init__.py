@@ -20,7 +20,7 @@ by ``Lab.close()``; ``cleanup_stale()`` removes what crashed runs left behind.
 """
 
 from ._errors import CommandError, LabError, LabTimeout, LabUnavailable, SupervisorError
-from ._guardian import Guardiand
+from ._guardian import Guardiand, listener_program
 from ._host import Host
 from ._lab import Lab
 from ._netns import call_in_netns, netns_executor
@@ -50,6 +50,7 @@ from ._vm import VM
 
 __all__ = [
     "Guardiand",
+    "listener_program",
     "CLIENT_IP",
     "DEFAULT_ROOT",
     "DOM0_IP",

@@ -18,11 +18,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import LabError, LabTimeout
+from ._spec import Program, ProgramKind
 
 if TYPE_CHECKING:
     from ._vm import VM
 
 CONFIG_PATH = "/etc/guardian/guardian.toml"
+EVENT_SOCKET = "/run/guardian/events.sock"
+
+
+def listener_program() -> Program:
+    """guardian's supervisord event listener, as a lab VM's extra program: supervisord
+    then tells guardiand about every process state change (``VM(extra_programs=...)``)."""
+    return Program(
+        "guardian",
+        f"{sys.executable} -m guardian.backends.listener --socket {EVENT_SOCKET}",
+        kind=ProgramKind.EVENTLISTENER,
+        startsecs=0,
+        options={"events": "PROCESS_STATE", "buffer_size": "100", "priority": "1"},
+    )
 CONTROL_SOCKET = "/run/guardian/control.sock"
 
 
@@ -40,6 +54,16 @@ class Guardiand:
     def start(self, *, timeout: float = 15.0) -> Guardiand:
         if self.proc is not None and self.proc.poll() is None:
             raise LabError(f"guardiand already running in {self.vm.name}")
+        import guardian
+
+        for what, path in (("python", sys.executable),
+                           ("the guardian package", os.path.dirname(guardian.__file__))):
+            for tmp in self.vm.spec.tmpfs:
+                if os.path.realpath(path).startswith(tmp.rstrip("/") + "/"):
+                    raise LabError(
+                        f"{what} is at {path}, under {tmp}, which is an empty tmpfs inside "
+                        f"the lab's VMs: guardiand could not run there. Use a checkout "
+                        f"outside {', '.join(self.vm.spec.tmpfs)}.")
         self.vm.run(["mkdir", "-p", os.path.dirname(self.config_path)])
         self.vm.write_file(self.config_path, self.config)
         argv = [sys.executable, "-m", "guardian", "--config", self.config_path, "run"]

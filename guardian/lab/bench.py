@@ -28,7 +28,9 @@ every 5 ms overall, 0.25 s timeout each, new connection each). Serving again = H
 200 while the killed process is gone (or a zombie); afterwards supervisord must report
 another pid. Nothing talks to supervisord between the kill and that 200 (an XML-RPC
 request wakes supervisord up and would speed up its reaping). A run that takes longer
-than ``--run-timeout`` counts as a failure; medians are over the successful runs.
+than ``--run-timeout`` counts as a failure (so does a system that does not settle
+again: its remaining runs are left out); medians are over the successful runs, and the
+exit status is 1 if any run failed.
 
 guardiand runs the sample configuration with the apache2 service changed as
 ``BENCH_OVERRIDES`` says (a restart budget large enough for every run, an HTTP check an
@@ -61,6 +63,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from guardian._control import ControlError
 from guardian._sample import SAMPLE_CONFIG
 
 from ._errors import LabError, LabTimeout, SupervisorError
@@ -114,19 +117,13 @@ BENCH_OVERRIDES: tuple[tuple[str, str, str], ...] = (
     ("services.apache2.checks", "interval", '"500ms"'),  # shipped: 1s
     ("services.apache2.checks", "timeout", '"500ms"'),  # shipped: 1s
 )
-GUARDIAND_SETTINGS = (
-    "guardiand: shipped sample config, apache2 changed: restart budget 1000 per 1h, "
-    "backoff 100ms..1s (the first restart of an incident is immediate anyway); "
-    "http check interval 0.5s timeout 0.5s, fall 2, rise 2, watch_pid on (pidfd); "
-    "supervisord autorestart=false startsecs=0"
-)
-SUPERVISORD_SETTINGS = "supervisord 4.2.5 alone: autorestart=true, startsecs=0"
+SUPERVISORD_SETTINGS = "alone (no guardiand, no monit), autorestart=true, startsecs=0"
 
 MONIT_DIR = "/run/bench-monit"
 MONIT_RC = f"{MONIT_DIR}/monitrc"
 MONIT_LOG = "/var/log/bench-monit.log"
 MONIT_SETTINGS = (
-    "monit 5.33: set daemon 1 with start delay 0 (its minimum cycle); check process "
+    "set daemon 1 with start delay 0 (its minimum cycle); check process "
     "apache2 with pidfile; start program = supervisorctl start apache2 with timeout 2 "
     "seconds (monit pauses connection tests that long after a start), stop program = "
     "supervisorctl stop apache2; if failed host 127.0.0.1 port 80 protocol http with "
@@ -203,6 +200,37 @@ def guardiand_bench_config(sample: str = SAMPLE_CONFIG) -> str:
     return text
 
 
+def guardiand_settings(config: str) -> str:
+    """What matters for the apache2 figures, read back from the configuration used."""
+    from checks import format_duration as d
+    from guardian.config import loads
+
+    svc = loads(config, "bench.toml").services["apache2"]
+    r = svc.restart
+    checks = ", ".join(f"{c.check.kind} check interval {d(c.interval)} timeout {d(c.timeout)}"
+                       for c in svc.checks)
+    return (
+        f"shipped sample config, apache2 changed: restart budget {r.budget} per "
+        f"{d(r.window)}, backoff {d(r.backoff)}..{d(r.backoff_max)} (the first restart of an "
+        f"incident is immediate anyway); {checks}, fall {svc.fall}, rise {svc.rise}, "
+        f"watch_pid {'on (pidfd)' if svc.watch_pid else 'off'}; no supervisord event "
+        "listener installed; supervisord autorestart=false startsecs=0"
+    )
+
+
+def sample_settings() -> str:
+    """The shipped sample configuration in one line (for the idle measurement)."""
+    from checks import format_duration as d
+    from guardian.config import loads
+
+    spec = loads(SAMPLE_CONFIG, "guardian._sample.SAMPLE_CONFIG")
+    parts = []
+    for name, svc in spec.services.items():
+        checks = "+".join(f"{c.check.kind} every {d(c.interval)}" for c in svc.checks)
+        parts.append(f"{name} via {svc.backend} ({checks})")
+    return "guardian._sample.SAMPLE_CONFIG as shipped: " + ", ".join(parts)
+
+
 # ---------------------------------------------------------------- results
 @dataclasses.dataclass
 class Result:
@@ -214,6 +242,8 @@ class Result:
     samples: list[float] = dataclasses.field(default_factory=list)
     failures: list[str] = dataclasses.field(default_factory=list)
     measured: bool = True
+    #: The system did not recover from a run: the remaining runs were not made.
+    broken: bool = False
 
     @property
     def median(self) -> float | None:
@@ -264,8 +294,7 @@ class IdleResult:
             "cpu_seconds": round(self.cpu_seconds, 3),
             "seconds": self.seconds,
             "restarts_during_idle": self.restarts,
-            "settings": "guardian._sample.SAMPLE_CONFIG as shipped (apache2, named, exim4 "
-            "via supervisord; checks every 1s)",
+            "settings": sample_settings(),
         }
 
 
@@ -361,7 +390,8 @@ class OutageClock:
                                 first.append(now)
                         done.set()
                         return
-                    last_error[0] = f"HTTP {resp.status}"
+                    last_error[0] = f"HTTP {resp.status}" + \
+                        (" from the old process" if resp.status == 200 else "")
                 done.wait(self.gap)
 
         futures = [self.pool.submit(worker, k) for k in range(self.workers)]
@@ -397,6 +427,15 @@ class System(Protocol):
     def close(self) -> None: ...
 
 
+#: What a system that does not come back (or cannot be set up) raises.
+SYSTEM_ERRORS = (LabError, ControlError, OSError)
+
+
+def _first(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def _wait(what: str, pred: Callable[[], bool], timeout: float = SETTLE_TIMEOUT,
           poll: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
@@ -405,11 +444,18 @@ def _wait(what: str, pred: Callable[[], bool], timeout: float = SETTLE_TIMEOUT,
         try:
             if pred():
                 return
-        except (LabError, OSError) as exc:
+        except SYSTEM_ERRORS as exc:
             last = f"{type(exc).__name__}: {exc}"
         if time.monotonic() > deadline:
             raise LabTimeout(f"{what}: not within {timeout:g} s", {"last": last} if last else {})
         time.sleep(poll)
+
+
+def _version(vm: VM, argv: list[str], name: str) -> str:
+    """``NAME VERSION`` from the first version number ``argv`` prints in the VM."""
+    out = vm.run(argv, check=False).stdout
+    m = re.search(r"\d+(\.\d+)+", out)
+    return f"{name} {m.group(0)}" if m else name
 
 
 def _vm_serves(vm: VM) -> bool:
@@ -425,6 +471,7 @@ class GuardiandSystem:
     def __init__(self, lab: Lab, ip: str, config: str) -> None:
         self.vm = lab.vm("gd", ip, autorestart=False, startsecs=0)
         self.guardiand = Guardiand(self.vm, config)
+        self._settings = guardiand_settings(config)
         self._restarts = 0
         try:
             self.vm.wait_ready(timeout=20)
@@ -436,7 +483,7 @@ class GuardiandSystem:
             raise
 
     def settings(self, scenario: str) -> str:
-        return GUARDIAND_SETTINGS
+        return self._settings
 
     def before_kill(self) -> None:
         self._restarts = int(self.guardiand.service("apache2")["restarts_total"])
@@ -465,12 +512,13 @@ class SupervisordSystem:
         try:
             self.vm.wait_ready(timeout=20)
             self.vm.wait_running(timeout=20)
+            self.version = _version(self.vm, ["supervisord", "--version"], "supervisord")
         except BaseException:
             self.vm.destroy()
             raise
 
     def settings(self, scenario: str) -> str:
-        return SUPERVISORD_SETTINGS
+        return f"{self.version}: {SUPERVISORD_SETTINGS}"
 
     def before_kill(self) -> None:
         pass
@@ -495,6 +543,7 @@ class MonitSystem:
             self.vm.run(["mkdir", "-p", "-m", "0700", MONIT_DIR])
             self.vm.write_file(MONIT_RC, monit_config(), mode=0o600)
             self.vm.run(["monit", "-t", "-c", MONIT_RC])  # syntax check
+            self.version = _version(self.vm, ["monit", "-V"], "monit")
             with open(self.vm.vmdir / "monit.out", "ab") as out:
                 self.proc = self.vm.popen(["monit", "-I", "-c", MONIT_RC],
                                           stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -505,7 +554,8 @@ class MonitSystem:
             raise
 
     def settings(self, scenario: str) -> str:
-        return MONIT_SETTINGS + (MONIT_SIGSTOP_NOTE if scenario == SIGSTOP else "")
+        note = MONIT_SIGSTOP_NOTE if scenario == SIGSTOP else ""
+        return f"{self.version}: {MONIT_SETTINGS}{note}"
 
     def status(self) -> dict[str, str]:
         """``monit status apache2`` as a dict ("status", "pid", ...)."""
@@ -561,7 +611,6 @@ class MonitSystem:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait(timeout=5)
-                    raise
         finally:
             self.vm.destroy()
 
@@ -625,7 +674,14 @@ def run_scenario(system: System, clock: OutageClock, scenario: str, runs: int, *
     sig = signal.SIGKILL if scenario == SIGKILL else signal.SIGSTOP
     result = Result(scenario, system.name, system.settings(scenario))
     for i in range(runs):
-        took, why = one_run(system, clock, sig, timeout=timeout, rng=rng)
+        try:
+            took, why = one_run(system, clock, sig, timeout=timeout, rng=rng)
+        except SYSTEM_ERRORS as exc:
+            why = f"run {i + 1}: no recovery, {runs - i - 1} run(s) left out: {_first(exc)}"
+            result.failures.append(why)
+            result.broken = True
+            log(f"  {scenario} {system.name} run {i + 1}/{runs}: ABORTED: {why}")
+            break
         if took is None:
             result.failures.append(why)
             log(f"  {scenario} {system.name} run {i + 1}/{runs}: FAILED: {why}")
@@ -715,10 +771,21 @@ def run_benchmark(
             if not todo:
                 continue
             log(f"{name}: booting its VM")
-            with _system(name, lab, VM_IPS[name]) as system:
+            try:
+                with _system(name, lab, VM_IPS[name]) as system:
+                    for sc in todo:
+                        if any(results[s, name].broken for s in todo if (s, name) in results):
+                            why = f"not run: {name} did not recover in an earlier scenario"
+                            results[sc, name] = Result(sc, name, "", failures=[why])
+                            continue
+                        results[sc, name] = run_scenario(system, clock, sc, runs,
+                                                         timeout=run_timeout, rng=rng, log=log)
+            except SYSTEM_ERRORS as exc:
+                log(f"{name}: {exc}")
                 for sc in todo:
-                    results[sc, name] = run_scenario(system, clock, sc, runs,
-                                                     timeout=run_timeout, rng=rng, log=log)
+                    if (sc, name) not in results:
+                        why = f"not run: {name} could not be set up: {_first(exc)}"
+                        results[sc, name] = Result(sc, name, "", failures=[why])
         if idle_seconds is not None:
             log(f"idle: guardiand with the shipped sample config for {idle_seconds:g} s")
             idle = measure_idle(lab, VM_IPS["idle"], idle_seconds, log)
@@ -782,7 +849,8 @@ def format_report(records: Sequence[dict[str, Any]]) -> str:
             if r.get("note") or printed.get(name) == text:
                 continue
             if name in printed and text.startswith(printed[name]):
-                lines += _wrap(f"{name}, {r['scenario']}: {text[len(printed[name]):]}")
+                extra = text[len(printed[name]):].lstrip("; ")
+                lines += _wrap(f"{name}, {r['scenario']}: {extra}")
             else:
                 printed[name] = text
                 lines += _wrap(f"{name}: {text}")
@@ -793,10 +861,10 @@ def format_report(records: Sequence[dict[str, Any]]) -> str:
         lines += _goals(outage)
     for r in records:
         if r["scenario"].startswith("idle-"):
-            lines.append(f"guardiand idle {r['seconds']:g} s (shipped sample config: apache2, "
-                         f"named, exim4 via supervisord): RSS {r['rss_mib']:.1f} MiB "
+            lines.append(f"guardiand idle for {r['seconds']:g} s: RSS {r['rss_mib']:.1f} MiB "
                          f"(peak {r['rss_hwm_mib']:.1f} MiB), CPU {r['cpu_percent']:.2f}% "
-                         f"({r['cpu_seconds']:.2f} s)")
+                         f"({r['cpu_seconds']:.2f} s of CPU)")
+            lines += _wrap(r["settings"])
     return "\n".join(lines)
 
 
@@ -850,10 +918,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the records to this file")
     parser.add_argument("--idle-seconds", type=float, default=60.0,
                         help="idle measurement length (0: skip it; default %(default)g)")
-    parser.add_argument("--systems", type=_csv(SYSTEMS), default=list(SYSTEMS),
-                        help="comma-separated, default: %(default)s")
-    parser.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS),
-                        help="comma-separated, default: %(default)s")
+    parser.add_argument("--systems", type=_csv(SYSTEMS), default=",".join(SYSTEMS),
+                        help="comma-separated (default %(default)s)")
+    parser.add_argument("--scenarios", type=_csv(SCENARIOS), default=",".join(SCENARIOS),
+                        help="comma-separated (default %(default)s)")
     parser.add_argument("--run-timeout", type=float, default=30.0,
                         help="a run longer than this is a failure (default %(default)g s)")
     parser.add_argument("--seed", type=int, help="seed of the random pre-kill waits")
@@ -888,7 +956,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
         print(f"records written to {args.json}")
-    return 0
+    return 1 if any(r.get("failures") for r in records) else 0
 
 
 if __name__ == "__main__":

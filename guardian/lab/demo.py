@@ -30,7 +30,16 @@ from collections.abc import Callable
 from guardian._sample import SAMPLE_CONFIG
 from guardian.cli import format_status_table
 
-from . import CLIENT_IP, VM, VM01_IP, Guardiand, Host, Lab, unavailable_reason
+from . import (
+    CLIENT_IP,
+    VM,
+    VM01_IP,
+    Guardiand,
+    Host,
+    Lab,
+    listener_program,
+    unavailable_reason,
+)
 
 SUPERVISORD_CONF = "/etc/supervisor/supervisord.conf"
 
@@ -114,7 +123,8 @@ def run(keep: bool) -> int:
     with Lab() as lab:
         client = lab.host("client", CLIENT_IP)
         # supervisord's own autorestart is off: what brings services back is guardiand
-        vm = lab.vm("vm01", VM01_IP, autorestart=False, startsecs=0, boot=False)
+        vm = lab.vm("vm01", VM01_IP, autorestart=False, startsecs=0,
+                    extra_programs=(listener_program(),), boot=False)
         t0 = time.monotonic()
         vm.boot()
         times = vm.wait_ready(timeout=30)

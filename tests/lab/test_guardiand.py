@@ -27,6 +27,7 @@ from guardian.lab import (
     Lab,
     LabError,
     cleanup_stale,
+    listener_program,
 )
 
 pytestmark = pytest.mark.lab
@@ -131,7 +132,8 @@ def glab() -> Iterator[Lab]:
     cleanup_stale()
     with Lab() as lab:
         lab.host("client", CLIENT_IP)
-        vm = lab.vm("vm01", VM01_IP, autorestart=False, startsecs=0, boot=False)
+        vm = lab.vm("vm01", VM01_IP, autorestart=False, startsecs=0,
+                    extra_programs=(listener_program(),), boot=False)
         vm.boot()
         vm.wait_ready(timeout=30)
         yield lab

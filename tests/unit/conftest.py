@@ -10,6 +10,7 @@ import ipaddress
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -243,6 +244,12 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             sd.proc.send_signal(signal.SIGTERM)
+            # supervisord sees the signal when its poll loop wakes up (up to 1 s):
+            # a connection to its socket wakes it now
+            with contextlib.suppress(OSError), \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(0.5)
+                s.connect(str(sd.dir / "s.sock"))
             try:
                 sd.proc.wait(10.0)
             except subprocess.TimeoutExpired:

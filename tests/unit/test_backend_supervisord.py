@@ -356,7 +356,7 @@ def test_restart_of_a_stopped_process_lets_it_handle_the_stop_signal(
     took = time.monotonic() - t0
     assert dead(old)
     assert supervisord.info("web")["pid"] not in (0, old)
-    assert took < 2.0, f"restart of a stopped program took {took:.2f} s"
+    assert took < 4.0, f"restart of a stopped program took {took:.2f} s (stopwaitsecs 5 s)"
     wait_for(lambda: serving(supervisord.web_port), 5.0, "web to serve after restart")
     print(f"\nrestart of a SIGSTOPped program: {took * 1000:.1f} ms")
 
@@ -371,7 +371,7 @@ def test_restart_kills_a_program_that_ignores_the_stop_signal(
     took = time.monotonic() - t0
     assert dead(old)
     assert supervisord.info("stubborn")["pid"] not in (0, old)
-    assert 0.3 <= took < 2.0, f"took {took:.2f} s (stopwaitsecs is 30 s)"
+    assert 0.3 <= took < 5.0, f"took {took:.2f} s (stopwaitsecs is 30 s)"
     run(stubborn.stop(soon(15)))
 
 
