@@ -23,19 +23,25 @@ class UnknownCheckError(LookupError):
     """No check of that name is built in, published, or importable."""
 
 
-def _import_path(path: str) -> type[Check]:
+def import_object(path: str, error: type[Exception]) -> object:
+    """The object a ``module:attr.attr`` path names; ``error(message)`` if none."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
-        raise UnknownCheckError(f"{path!r} is not of the form module:Class")
+        raise error(f"{path!r} is not of the form module:Class")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UnknownCheckError(f"cannot import {module_name!r}: {exc}") from None
+        raise error(f"cannot import {module_name!r}: {exc}") from None
     obj: object = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
-            raise UnknownCheckError(f"{module_name!r} has no attribute {attr!r}")
+            raise error(f"{module_name!r} has no attribute {attr!r}")
+    return obj
+
+
+def _import_path(path: str) -> type[Check]:
+    obj = import_object(path, UnknownCheckError)
     if not (isinstance(obj, type) and issubclass(obj, Check)):
         raise UnknownCheckError(f"{path!r} is not a subclass of checks.Check")
     return obj

@@ -19,7 +19,10 @@ class ServiceState(enum.Enum):
 
     @property
     def healthy(self) -> bool:
-        return self in (ServiceState.UP, ServiceState.FAILING)
+        """Can services that require this one count on it?  Only when it is up: a
+        dependent failing while its dependency fails too (FAILING, not yet at its
+        fall threshold) is most likely failing because of it, and is not restarted."""
+        return self is ServiceState.UP
 
 
 class LadderAction(enum.Enum):

@@ -83,6 +83,24 @@ def _display(path: Path, root: Path) -> str:
         return str(path)
 
 
+def _named_tables(source: str, key: str, value: Any, seen: dict[str, tuple[str, Any]],
+                  errors: list[ConfigError]) -> list[tuple[str, tuple[str, Any]]]:
+    """The new ``name -> (source, table)`` entries of a ``[key.NAME]`` section; a name
+    already defined in an earlier file is an error (conf.d snippets may not redefine)."""
+    if not isinstance(value, Mapping):
+        errors.append(ConfigError(source, key, "must be a table"))
+        return []
+    out = []
+    for name, tbl in value.items():
+        if name in seen:
+            errors.append(ConfigError(source, f"{key}.{name}",
+                                      f"already defined in {seen[name][0]}"))
+            continue
+        seen[name] = (source, tbl)
+        out.append((name, (source, tbl)))
+    return out
+
+
 def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSpec:
     errors: list[ConfigError] = []
     warnings: list[str] = []
@@ -90,6 +108,7 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
     backends: dict[str, dict[str, Any]] = {}
     backend_src: dict[str, str] = {}
     services: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    backend_tables: dict[str, tuple[str, Any]] = {}
 
     for source, doc in docs:
         for key, value in doc.items():
@@ -104,29 +123,15 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
                             f"already set in {guardian_tbl[k][0]}"))
                     guardian_tbl[k] = (source, v)
             elif key == "backends":
-                if not isinstance(value, Mapping):
-                    errors.append(ConfigError(source, key, "must be a table"))
-                    continue
-                for name, tbl in value.items():
-                    if name in backends:
-                        errors.append(ConfigError(source, f"backends.{name}",
-                                                  f"already defined in {backend_src[name]}"))
-                        continue
+                for name, (src, tbl) in _named_tables(source, key, value, backend_tables,
+                                                      errors):
                     if not isinstance(tbl, Mapping):
-                        errors.append(ConfigError(source, f"backends.{name}", "must be a table"))
+                        errors.append(ConfigError(src, f"backends.{name}", "must be a table"))
                         continue
                     backends[name] = dict(tbl)
-                    backend_src[name] = source
+                    backend_src[name] = src
             elif key == "services":
-                if not isinstance(value, Mapping):
-                    errors.append(ConfigError(source, key, "must be a table"))
-                    continue
-                for name, tbl in value.items():
-                    if name in services:
-                        errors.append(ConfigError(source, f"services.{name}",
-                                                  f"already defined in {services[name][0]}"))
-                        continue
-                    services[name] = (source, tbl)
+                services.update(_named_tables(source, key, value, services, errors))
             else:
                 errors.append(ConfigError(source, key, "unknown key"))
 

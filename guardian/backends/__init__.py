@@ -16,8 +16,9 @@ named directly as ``package.module:Class``.
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import entry_points
+
+from checks._registry import import_object
 
 from ._base import Backend, BackendError, Controller, UnitEvent, UnitState, UnitStatus
 from .command import CommandBackend
@@ -46,19 +47,7 @@ def _check_class(obj: object, what: str) -> type[Backend]:
 
 
 def _import_path(path: str) -> type[Backend]:
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise UnknownBackendError(f"{path!r} is not of the form module:Class")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UnknownBackendError(f"cannot import {module_name!r}: {exc}") from None
-    obj: object = module
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise UnknownBackendError(f"{module_name!r} has no attribute {attr!r}")
-    return _check_class(obj, repr(path))
+    return _check_class(import_object(path, UnknownBackendError), repr(path))
 
 
 def available_backends() -> dict[str, str]:

@@ -109,6 +109,20 @@ class Demo:
         for ln in format_status_table(self.g.status()).splitlines():
             say("     " + ln)
 
+    def fault(self, title: str, service: str, sig: signal.Signals) -> None:
+        """Signal the service's process group; show the outage and guardiand's log."""
+        banner(title)
+        old = self.vm.pid(service)
+        self.vm.signal(service, sig, group=True)
+        self.outage(service, old)
+        if sig is signal.SIGSTOP and old is not None:
+            try:
+                os.killpg(old, signal.SIGCONT)   # nothing left to continue if it worked
+            except ProcessLookupError:
+                pass
+        self.settle(service)
+        self.show_log()
+
     def settle(self, *services: str) -> None:
         for s in services or ("apache2", "named", "exim4"):
             self.g.wait_state(s, "up", timeout=30)
@@ -140,31 +154,9 @@ def run(keep: bool) -> int:
         demo.status()
         demo.show_log()
 
-        banner("1. SIGKILL apache2 (the whole process group)")
-        old = vm.pid("apache2")
-        vm.signal("apache2", signal.SIGKILL, group=True)
-        demo.outage("apache2", old)
-        demo.settle("apache2")
-        demo.show_log()
-
-        banner("2. SIGSTOP named: hung, still holding its sockets")
-        old = vm.pid("named")
-        vm.signal("named", signal.SIGSTOP, group=True)
-        demo.outage("named", old)
-        if old is not None:
-            try:
-                os.killpg(old, signal.SIGCONT)   # nothing left to continue if it worked
-            except ProcessLookupError:
-                pass
-        demo.settle("named")
-        demo.show_log()
-
-        banner("3. SIGKILL exim4")
-        old = vm.pid("exim4")
-        vm.signal("exim4", signal.SIGKILL, group=True)
-        demo.outage("exim4", old)
-        demo.settle("exim4")
-        demo.show_log()
+        demo.fault("1. SIGKILL apache2 (the whole process group)", "apache2", signal.SIGKILL)
+        demo.fault("2. SIGSTOP named: hung, still holding its sockets", "named", signal.SIGSTOP)
+        demo.fault("3. SIGKILL exim4", "exim4", signal.SIGKILL)
 
         banner("4. apache2's config broken, then it crashes: restarts cannot help")
         vm.break_apache_config()
