@@ -37,6 +37,28 @@ LADDER_EXEC_OUT = "/run/ladder-exec"
 ALERT_OUT = "/run/alert-hook"
 
 
+def supervisord_service(name: str, check: str, *, requires: str, budget: int,
+                        ladder: str = '["alert"]', slow_retry: bool = True,
+                        timeout: str = "500ms") -> str:
+    """A ``[services.NAME]`` run by the VM's supervisord, with its restart policy
+    (``slow_retry``: backoff up to 1 s, a retry 2 s after the ladder) and one
+    check every 500 ms."""
+    retry = 'backoff_max = "1s"\nexhausted_retry = "2s"\n' if slow_retry else ""
+    return f"""
+[services.{name}]
+backend = "supervisord"
+{requires}start_grace = "5s"
+ladder = {ladder}
+[services.{name}.restart]
+budget = {budget}
+window = "2m"
+backoff = "200ms"
+{retry}[[services.{name}.checks]]
+{check}interval = "500ms"
+timeout = "{timeout}"
+"""
+
+
 def make_config(*, supervise_supervisord: bool = False, budget: int = 3) -> str:
     """The test configuration: the shipped sample's shape with faster checks, a
     short retry after the ladder, and hooks that leave files behind."""
@@ -51,63 +73,29 @@ hook_timeout = "5s"
 [backends.supervisord]
 url = "unix:///run/supervisor.sock"
 kill_after = "2s"
-
-[services.apache2]
-backend = "supervisord"
-{requires}start_grace = "5s"
-ladder = [
-  {{ action = "exec", command = ["/bin/sh", "-c",
-     "env | grep ^GUARDIAN_ | sort > {LADDER_EXEC_OUT}.$GUARDIAN_SERVICE"] }},
-  "alert",
-]
-[services.apache2.restart]
-budget = {budget}
-window = "2m"
-backoff = "200ms"
-backoff_max = "1s"
-exhausted_retry = "2s"
-[[services.apache2.checks]]
+"""
+    text += supervisord_service("apache2", """\
 type = "http"
 url = "http://127.0.0.1/"
 expect_status = [200]
-interval = "500ms"
-timeout = "500ms"
-
-[services.named]
-backend = "supervisord"
-{requires}start_grace = "5s"
-ladder = ["alert"]
-[services.named.restart]
-budget = {budget}
-window = "2m"
-backoff = "200ms"
-backoff_max = "1s"
-exhausted_retry = "2s"
-[[services.named.checks]]
+""", requires=requires, budget=budget, ladder=f"""[
+  {{ action = "exec", command = ["/bin/sh", "-c",
+     "env | grep ^GUARDIAN_ | sort > {LADDER_EXEC_OUT}.$GUARDIAN_SERVICE"] }},
+  "alert",
+]""")
+    text += supervisord_service("named", f"""\
 type = "dns"
 server = "127.0.0.1"
 qname = "www.{TEST_ZONE}"
 rdtype = "A"
 expect = ["{VIP}"]
 require_aa = true
-interval = "500ms"
-timeout = "500ms"
-
-[services.exim4]
-backend = "supervisord"
-{requires}start_grace = "5s"
-ladder = ["alert"]
-[services.exim4.restart]
-budget = {budget}
-window = "2m"
-backoff = "200ms"
-[[services.exim4.checks]]
+""", requires=requires, budget=budget)
+    text += supervisord_service("exim4", """\
 type = "smtp"
 host = "127.0.0.1"
 expect_banner_code = 220
-interval = "500ms"
-timeout = "1s"
-"""
+""", requires=requires, budget=budget, slow_retry=False, timeout="1s")
     if supervise_supervisord:
         text += """
 [services.supervisord]
@@ -219,6 +207,14 @@ def serving_again(client: Host, vm: VM, service: str, old_pid: int, timeout: flo
     return wait_until(ok, timeout, f"{service} serving from a new process")
 
 
+def pid_when_up(g: Guardiand, vm: VM, service: str) -> int:
+    """The pid of ``service`` once guardiand says it is up."""
+    g.wait_state(service, "up")
+    pid = vm.pid(service)
+    assert pid is not None
+    return pid
+
+
 def history(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(h["from"], h["to"], h["reason"]) for h in entry["history"]]
 
@@ -232,9 +228,7 @@ def test_sigkill_is_restarted_by_guardiand(
     gclient: Host, gvm: VM, start_guardiand: Callable[..., Guardiand], service: str
 ) -> None:
     g = start_guardiand()
-    g.wait_state(service, "up")
-    old = gvm.pid(service)
-    assert old is not None
+    old = pid_when_up(g, gvm, service)
     gvm.signal(service, signal.SIGKILL, group=True)
     took = serving_again(gclient, gvm, service, old, timeout=10)
     entry = g.wait_state(service, "recovering", "up")
@@ -253,9 +247,7 @@ def test_sigstop_hung_service_is_restarted(
     gclient: Host, gvm: VM, start_guardiand: Callable[..., Guardiand], service: str
 ) -> None:
     g = start_guardiand()
-    g.wait_state(service, "up")
-    old = gvm.pid(service)
-    assert old is not None
+    old = pid_when_up(g, gvm, service)
     gvm.signal(service, signal.SIGSTOP, group=True)
     try:
         took = serving_again(gclient, gvm, service, old, timeout=20)

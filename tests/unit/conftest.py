@@ -1,5 +1,6 @@
-"""Shared helpers: running a check to completion, self-signed TLS material made
-on the fly with ``cryptography``, and a private supervisord in a temp directory."""
+"""Shared fixtures: running a check to completion, self-signed TLS material made
+on the fly with ``cryptography``, a short private directory, and a private
+supervisord in one.  (Plain helper functions are in ``unit_helpers``.)"""
 
 from __future__ import annotations
 
@@ -20,11 +21,16 @@ import xmlrpc.client
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from unit_helpers import kill_all
 
-from checks import Check, CheckResult, run_check
+from checks import Check, CheckResult, Options, run_check
+
+if TYPE_CHECKING:
+    from guardian.backends import SupervisordBackend
+    from guardian.backends.supervisord import SupervisordController
 
 
 @pytest.fixture
@@ -125,6 +131,16 @@ def tls_cert_factory(tmp_path_factory: pytest.TempPathFactory) -> TlsFactory:
     return issue
 
 
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A private directory with a short path (unix socket paths: at most 107 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="gut-", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- supervisord
 SUPERVISORD = "/usr/bin/supervisord"
 
@@ -138,6 +154,7 @@ class SupervisordProc:
     proc: subprocess.Popen[bytes]
     programs: tuple[str, ...]
     extra_pids: list[int] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)   # noted by the test, if it likes
 
     @property
     def url(self) -> str:
@@ -162,18 +179,35 @@ class SupervisordProc:
     def log(self) -> str:
         return (self.dir / "supervisord.log").read_text(errors="replace")
 
+    def backend(self, **options: Any) -> SupervisordBackend:
+        """guardian's supervisord backend for this supervisord."""
+        from guardian.backends import SupervisordBackend
+        opts = Options({"url": self.url, "event_socket": self.event_socket, **options},
+                       "backends.supervisord", "test")
+        backend = SupervisordBackend.from_options(opts)
+        opts.finish()
+        return backend
+
+    def controller(self, unit: str | None, service: str = "web",
+                   **options: Any) -> SupervisordController:
+        """The backend's controller of ``unit`` (default: the service's name)."""
+        table = {} if unit is None else {"unit": unit}
+        return self.backend(**options).controller(
+            service, Options(table, f"services.{service}", "test"))
+
 
 SupervisordFactory = Callable[..., SupervisordProc]
 
 
 @pytest.fixture
 def supervisord_factory() -> Iterator[SupervisordFactory]:
-    """``supervisord_factory(programs, ready=...)`` -> SupervisordProc.
+    """``supervisord_factory(programs, ready=..., extra=...)`` -> SupervisordProc.
 
     ``programs`` maps a program name to its section body (``command=...`` and
-    options); guardian's event listener is registered too, forwarding to
-    ``event_socket``.  Returns once every autostarted program is RUNNING and
-    ``ready()`` (if given) is true.  At the end every program process, every pid
+    options); ``extra`` is more configuration (``[group:x]`` sections, say);
+    guardian's event listener is registered too, forwarding to ``event_socket``.
+    Returns once every autostarted program is RUNNING and ``ready()`` (if given)
+    is true.  At the end every program process, every pid
     the test added to ``extra_pids`` and supervisord itself are killed by pid.
     """
     if not os.path.exists(SUPERVISORD):
@@ -183,7 +217,7 @@ def supervisord_factory() -> Iterator[SupervisordFactory]:
     started: list[SupervisordProc] = []
 
     def start(programs: dict[str, str], ready: Callable[[], bool] | None = None,
-              timeout: float = 15.0) -> SupervisordProc:
+              timeout: float = 15.0, extra: str = "") -> SupervisordProc:
         d = Path(tempfile.mkdtemp(prefix="gsup-", dir="/tmp"))
         sections = "\n".join(f"[program:{name}]\n{body.strip()}\ndirectory={d}\n"
                              for name, body in programs.items())
@@ -206,6 +240,7 @@ minprocs=16
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 {sections}
+{extra}
 {listener_config_snippet(sys.executable, f"{d}/ev.sock")}
 """)
         with open(d / "stdout.log", "wb") as out:
@@ -235,14 +270,16 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
     try:
         yield start
     finally:
+        # Kill every process by pid: first the test's extra pids (orphans, say) and
+        # supervisord's children (supervisord reaps them; its own orderly shutdown
+        # would take seconds, one 1 s tick per program whose pipes an orphan
+        # holds), then supervisord.
         for sd in started:
             pids = list(sd.extra_pids)
             if sd.proc.poll() is None:
                 with contextlib.suppress(OSError, xmlrpc.client.Error):
                     pids += [i["pid"] for i in sd.rpc().getAllProcessInfo() if i["pid"]]
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_all(pids)
             sd.proc.send_signal(signal.SIGTERM)
             # supervisord sees the signal when its poll loop wakes up (up to 1 s):
             # a connection to its socket wakes it now

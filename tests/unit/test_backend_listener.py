@@ -6,16 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from guardian.backends.listener import Forwarder, parse_event, serve
 from guardian.backends.supervisord import event_from_message
@@ -29,15 +24,6 @@ def envelope(eventname: str, payload: str, serial: int = 21) -> bytes:
     header = (f"ver:3.0 server:supervisor serial:{serial} pool:guardian poolserial:{serial} "
               f"eventname:{eventname} len:{len(body)}\n")
     return header.encode() + body
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="gls-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_parse_event() -> None:

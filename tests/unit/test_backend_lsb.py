@@ -3,10 +3,6 @@ starts a ``sleep`` in the background and keeps a pidfile, like a daemon's."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from unit_helpers import kill_all, pids_in, run, sigkilled, soon, started, state_of
 
 from checks import ConfigError, Options
 from guardian.backends import BackendError, LsbBackend, UnitState, load_backend_class
@@ -90,27 +87,7 @@ def script(tmp_path: Path) -> Iterator[InitScript]:
     path.write_text(SCRIPT.replace("@DIR@", str(tmp_path)))
     path.chmod(0o755)
     yield InitScript(tmp_path, path)
-    pids = tmp_path / "all-pids"
-    if pids.exists():
-        for line in pids.read_text().split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(line), signal.SIGKILL)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-def soon() -> float:
-    return time.monotonic() + 5.0
-
-
-def state_of(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return ""
+    kill_all(pids_in(tmp_path / "all-pids"))
 
 
 def test_registry_and_options() -> None:
@@ -133,21 +110,9 @@ def test_lifecycle(script: InitScript) -> None:
     assert (st.state, st.pid) == (UnitState.STOPPED, None)
     assert "not running" in st.detail
 
-    t0 = time.monotonic()
-    run(ctl.start(soon()))
-    # the daemon keeps the script's stdout open: start must not wait for it
-    assert time.monotonic() - t0 < 2.0
-    pid = script.pid()
+    pid = started(ctl, script.pid)   # (the daemon keeps the script's stdout open)
     assert state_of(pid) in ("S", "R")
-    st = run(ctl.status(soon()))
-    assert (st.state, st.pid) == (UnitState.RUNNING, pid)
-
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 3
-    while state_of(pid) not in ("", "Z") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    st = run(ctl.status(soon()))
-    assert (st.state, st.pid) == (UnitState.EXITED, None)
+    st = sigkilled(ctl, pid)
     assert "dead, pid file exists" in st.detail
 
     run(ctl.restart(soon()))

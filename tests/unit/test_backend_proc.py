@@ -4,7 +4,6 @@ daemons that keep stdout open, and the small helpers beside it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -13,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from unit_helpers import kill_all, run, state_of, wait_gone
 
 from guardian.backends import BackendError
 from guardian.backends._proc import (
-    CommandResult,
     last_line,
     pid_alive,
     read_pidfile,
@@ -25,36 +24,12 @@ from guardian.backends._proc import (
 )
 
 
-def state_of(pid: int) -> str:
-    """'' if gone, else the /proc state letter (Z for a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return ""
-
-
-def wait_gone(pid: int, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if state_of(pid) in ("", "Z", "X"):
-            return True
-        time.sleep(0.01)
-    return False
-
-
 @pytest.fixture
 def leftovers() -> Iterator[list[int]]:
     """Pids a test leaves behind on purpose; killed at the end, pass or fail."""
     pids: list[int] = []
     yield pids
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def run(coro: object) -> CommandResult:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+    kill_all(pids)
 
 
 def test_result_and_output() -> None:

@@ -9,21 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-import xmlrpc.client
-from collections.abc import AsyncGenerator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING
 
 import pytest
+from unit_helpers import dead, free_port, pids_in, run, serving, soon, wait_for
 
 from checks import Options
 from guardian.backends import (
@@ -34,219 +29,72 @@ from guardian.backends import (
     listener_config_snippet,
     load_backend_class,
 )
-from guardian.backends.supervisord import SupervisordController, event_from_message
+from guardian.backends.supervisord import event_from_message
 
-SUPERVISORD = "/usr/bin/supervisord"
+if TYPE_CHECKING:
+    from conftest import SupervisordFactory, SupervisordProc
+
 PY = sys.executable
 
-T = TypeVar("T")
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, what: str,
-             interval: float = 0.01) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def serving(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=0.5) as resp:
-            return int(resp.status) == 200
-    except OSError:
-        return False
-
-
-def dead(pid: int) -> bool:
-    """Gone or a zombie, read from /proc independently of the code under test."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
-@dataclass
-class Supervisord:
-    dir: Path
-    proc: subprocess.Popen[bytes]
-    web_port: int
-    holder_port: int
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.dir}/s.sock"
-
-    @property
-    def event_socket(self) -> str:
-        return f"{self.dir}/ev.sock"
-
-    def rpc(self) -> Any:
-        """A plain supervisor XML-RPC proxy for the test's own checks."""
-        from supervisor.xmlrpc import SupervisorTransport
-        return xmlrpc.client.ServerProxy(
-            "http://127.0.0.1", transport=SupervisorTransport(None, None, self.url)).supervisor
-
-    def info(self, name: str) -> dict[str, Any]:
-        info: dict[str, Any] = self.rpc().getProcessInfo(name)
-        return info
-
-    def backend(self, **options: Any) -> SupervisordBackend:
-        opts = Options({"url": self.url, "event_socket": self.event_socket, **options},
-                       "backends.supervisord", "test")
-        backend = SupervisordBackend.from_options(opts)
-        opts.finish()
-        return backend
-
-    def controller(self, unit: str | None, service: str = "web",
-                   **options: Any) -> SupervisordController:
-        table = {} if unit is None else {"unit": unit}
-        return self.backend(**options).controller(
-            service, Options(table, f"services.{service}", "test"))
-
-
-def write_config(d: Path, web_port: int, holder_port: int) -> Path:
-    conf = d / "supervisord.conf"
+def programs(d: Path, web_port: int, holder_port: int) -> dict[str, str]:
+    """The programs of these tests; ``d`` is where ``holder`` notes its orphans."""
     holder = (f"sh -c 'sleep 60 & echo $! >> {d}/orphans; "
               f"exec {PY} -m http.server --bind 127.0.0.1 {holder_port}'")
-    conf.write_text(f"""\
-[unix_http_server]
-file={d}/s.sock
-chmod=0700
-
-[supervisord]
-nodaemon=true
-logfile={d}/supervisord.log
-pidfile={d}/supervisord.pid
-childlogdir={d}
-loglevel=info
-minfds=64
-minprocs=16
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[program:web]
+    return {
+        "web": f"""\
 command={PY} -m http.server --bind 127.0.0.1 {web_port}
-directory={d}
 autorestart=false
 startsecs=1
 stopwaitsecs=5
-
-; like apache2: a child process keeps stdout/stderr open after the main
-; process dies, so supervisord sees no EOF and notices the death late
-[program:holder]
+""",
+        # like apache2: a child process keeps stdout/stderr open after the main
+        # process dies, so supervisord sees no EOF and notices the death late
+        "holder": f"""\
 command={holder}
-directory={d}
 autorestart=false
 startsecs=1
-
-[program:broken]
+""",
+        "broken": f"""\
 command={d}/no-such-program
 autostart=false
-
-[program:crashy]
+""",
+        "crashy": """\
 command=sh -c 'exit 3'
 autostart=false
 autorestart=false
 startsecs=1
 startretries=0
-
-; ignores the stop signal: only a SIGKILL ends it
-[program:stubborn]
+""",
+        # ignores the stop signal: only a SIGKILL ends it
+        "stubborn": """\
 command=sh -c 'trap "" TERM; exec sleep 600'
 autostart=false
 autorestart=false
 startsecs=0
 stopwaitsecs=30
-
-[group:grp]
-programs=member
-
-[program:member]
+""",
+        "member": """\
 command=sleep 600
 autostart=false
 startsecs=0
-
-{listener_config_snippet(PY, f"{d}/ev.sock")}
-""")
-    return conf
+""",
+    }
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A private directory with a short path (unix socket paths: at most 107 bytes)."""
-    d = Path(tempfile.mkdtemp(prefix="gsd-", dir="/tmp"))
+def supervisord(supervisord_factory: SupervisordFactory,
+                tmp_path: Path) -> Iterator[SupervisordProc]:
+    """A private supervisord running ``programs`` (``member`` in group ``grp``),
+    with the ports of ``web`` and ``holder`` in ``ports``."""
+    ports = {"web": free_port(), "holder": free_port()}
+    sd = supervisord_factory(programs(tmp_path, ports["web"], ports["holder"]),
+                             extra="[group:grp]\nprograms=member\n")
+    sd.ports.update(ports)
     try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def supervisord() -> Iterator[Supervisord]:
-    if not os.path.exists(SUPERVISORD):
-        pytest.skip(f"{SUPERVISORD} is not installed")
-    # a short directory: a unix socket path may not be longer than 107 bytes
-    d = Path(tempfile.mkdtemp(prefix="gsd-", dir="/tmp"))
-    web_port, holder_port = free_port(), free_port()
-    conf = write_config(d, web_port, holder_port)
-    with open(d / "stdout.log", "wb") as out:
-        proc = subprocess.Popen([SUPERVISORD, "-n", "-c", str(conf)], stdout=out,
-                                stderr=subprocess.STDOUT, cwd=d)
-    sd = Supervisord(d, proc, web_port, holder_port)
-    try:
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError("supervisord exited: "
-                                     + (d / "stdout.log").read_text(errors="replace"))
-            try:
-                return all(sd.info(n)["statename"] == "RUNNING"
-                           for n in ("web", "holder", "guardian"))
-            except OSError:
-                return False
-        wait_for(up, 15.0, "supervisord and its programs to be RUNNING")
         yield sd
     finally:
-        # Kill every process by pid: first the orphans and supervisord's children
-        # (supervisord reaps them; its own orderly shutdown would take seconds,
-        # one 1 s tick per program whose pipes an orphan holds), then supervisord.
-        pids: list[int] = []
-        orphans = d / "orphans"
-        if orphans.exists():
-            pids += [int(line) for line in orphans.read_text().split()]
-        if proc.poll() is None:
-            with contextlib.suppress(OSError, xmlrpc.client.Error):
-                pids += [i["pid"] for i in sd.rpc().getAllProcessInfo() if i["pid"]]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5.0)
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-def soon(seconds: float = 5.0) -> float:
-    return time.monotonic() + seconds
+        sd.extra_pids += pids_in(tmp_path / "orphans")   # killed by the factory
 
 
 # ----------------------------------------------------------------------------- config
@@ -306,7 +154,7 @@ def test_listener_snippet_escapes() -> None:
 
 
 # ----------------------------------------------------------------------------- real supervisord
-def test_status_start_stop(supervisord: Supervisord) -> None:
+def test_status_start_stop(supervisord: SupervisordProc) -> None:
     web = supervisord.controller(None)
     assert web.unit == "web"
 
@@ -318,20 +166,20 @@ def test_status_start_stop(supervisord: Supervisord) -> None:
     run(web.stop(soon()))
     st = run(web.status(soon()))
     assert (st.state, st.pid) == (UnitState.STOPPED, None)
-    assert not serving(supervisord.web_port)
+    assert not serving(supervisord.ports["web"])
     run(web.stop(soon()))  # stopping a stopped program is fine
 
     run(web.start(soon()))
     st = run(web.status(soon()))
     assert st.state in (UnitState.STARTING, UnitState.RUNNING)
     assert st.pid is not None
-    wait_for(lambda: serving(supervisord.web_port), 5.0, "web to serve after start")
+    wait_for(lambda: serving(supervisord.ports["web"]), 5.0, "web to serve after start")
     pid = st.pid
     run(web.start(soon()))  # starting a running program is fine and keeps it
     assert supervisord.info("web")["pid"] == pid
 
 
-def test_restart_running_gives_new_pid(supervisord: Supervisord) -> None:
+def test_restart_running_gives_new_pid(supervisord: SupervisordProc) -> None:
     web = supervisord.controller(None)
     old = supervisord.info("web")["pid"]
     t0 = time.monotonic()
@@ -340,12 +188,12 @@ def test_restart_running_gives_new_pid(supervisord: Supervisord) -> None:
     info = supervisord.info("web")
     assert info["statename"] in ("STARTING", "RUNNING")
     assert info["pid"] not in (0, old)
-    wait_for(lambda: serving(supervisord.web_port), 5.0, "web to serve after restart")
+    wait_for(lambda: serving(supervisord.ports["web"]), 5.0, "web to serve after restart")
     print(f"\nrestart of a running program (stop+start): {took * 1000:.1f} ms")
 
 
 def test_restart_of_a_stopped_process_lets_it_handle_the_stop_signal(
-        supervisord: Supervisord) -> None:
+        supervisord: SupervisordProc) -> None:
     """SIGSTOPped (hung) program: its SIGTERM stays pending until SIGCONT; without
     the backend's SIGCONT supervisord would wait stopwaitsecs (5 s) and SIGKILL."""
     web = supervisord.controller(None, kill_after="20s")
@@ -357,12 +205,12 @@ def test_restart_of_a_stopped_process_lets_it_handle_the_stop_signal(
     assert dead(old)
     assert supervisord.info("web")["pid"] not in (0, old)
     assert took < 4.0, f"restart of a stopped program took {took:.2f} s (stopwaitsecs 5 s)"
-    wait_for(lambda: serving(supervisord.web_port), 5.0, "web to serve after restart")
+    wait_for(lambda: serving(supervisord.ports["web"]), 5.0, "web to serve after restart")
     print(f"\nrestart of a SIGSTOPped program: {took * 1000:.1f} ms")
 
 
 def test_restart_kills_a_program_that_ignores_the_stop_signal(
-        supervisord: Supervisord) -> None:
+        supervisord: SupervisordProc) -> None:
     stubborn = supervisord.controller("stubborn", kill_after="300ms")
     run(stubborn.start(soon()))
     old = wait_for(lambda: supervisord.info("stubborn")["pid"], 5.0, "stubborn's pid")
@@ -382,7 +230,7 @@ def test_kill_after_option() -> None:
     assert SupervisordBackend().kill_after == 3.0
 
 
-def test_restart_from_exited_and_fatal(supervisord: Supervisord) -> None:
+def test_restart_from_exited_and_fatal(supervisord: SupervisordProc) -> None:
     web = supervisord.controller(None)
     os.kill(supervisord.info("web")["pid"], signal.SIGTERM)
     wait_for(lambda: supervisord.info("web")["statename"] == "EXITED", 5.0, "web EXITED")
@@ -404,10 +252,10 @@ def test_restart_from_exited_and_fatal(supervisord: Supervisord) -> None:
     assert supervisord.info("crashy")["start"] > 0
 
 
-def test_restart_right_after_sigkill(supervisord: Supervisord) -> None:
+def test_restart_right_after_sigkill(supervisord: SupervisordProc) -> None:
     """SIGKILL the program, restart at once: back with a new pid, quickly."""
     timings = []
-    for name, port in (("web", supervisord.web_port), ("holder", supervisord.holder_port)):
+    for name, port in supervisord.ports.items():   # web, holder
         ctl = supervisord.controller(name, name)
         for _ in range(3):
             wait_for(lambda: serving(port), 5.0, f"{name} to serve")  # noqa: B023
@@ -429,7 +277,7 @@ def test_restart_right_after_sigkill(supervisord: Supervisord) -> None:
     assert max(r for _, r, _ in timings) < 0.5
 
 
-def test_restart_after_death_keeps_the_crash_record(supervisord: Supervisord) -> None:
+def test_restart_after_death_keeps_the_crash_record(supervisord: SupervisordProc) -> None:
     """The child died while its pipes are still held open (supervisord was not
     woken by an EOF): restart must not make supervisord record a stop by us."""
     holder = supervisord.controller("holder", "holder")
@@ -448,7 +296,7 @@ def test_restart_after_death_keeps_the_crash_record(supervisord: Supervisord) ->
     assert took < 0.5
 
 
-def test_status_right_after_sigkill_says_exited(supervisord: Supervisord) -> None:
+def test_status_right_after_sigkill_says_exited(supervisord: SupervisordProc) -> None:
     holder = supervisord.controller("holder", "holder")
     old = supervisord.info("holder")["pid"]
     os.kill(old, signal.SIGKILL)
@@ -459,7 +307,7 @@ def test_status_right_after_sigkill_says_exited(supervisord: Supervisord) -> Non
     assert st.pid is None
 
 
-def test_group_member(supervisord: Supervisord) -> None:
+def test_group_member(supervisord: SupervisordProc) -> None:
     member = supervisord.controller("grp:member", "member")
     assert run(member.status(soon())).state is UnitState.STOPPED
     run(member.start(soon()))
@@ -469,14 +317,14 @@ def test_group_member(supervisord: Supervisord) -> None:
     assert supervisord.info("grp:member")["statename"] == "STOPPED"
 
 
-def test_bad_name_is_a_clear_error(supervisord: Supervisord) -> None:
+def test_bad_name_is_a_clear_error(supervisord: SupervisordProc) -> None:
     ghost = supervisord.controller("ghost", "ghost")
     for call in (ghost.status, ghost.start, ghost.stop, ghost.restart):
         with pytest.raises(BackendError, match=r"no program named 'ghost' .*services.ghost.unit"):
             run(call(soon()))
 
 
-def test_spawn_error_is_a_clear_error(supervisord: Supervisord) -> None:
+def test_spawn_error_is_a_clear_error(supervisord: SupervisordProc) -> None:
     broken = supervisord.controller("broken", "broken")
     with pytest.raises(BackendError, match="broken: its command cannot run .*no-such-program"):
         run(broken.start(soon()))
@@ -509,7 +357,7 @@ def test_not_running_is_an_error_bounded_by_the_deadline(short_dir: Path) -> Non
         hung.close()
 
 
-def test_call_latency(supervisord: Supervisord) -> None:
+def test_call_latency(supervisord: SupervisordProc) -> None:
     web = supervisord.controller(None)
 
     async def many(n: int) -> float:
@@ -530,7 +378,7 @@ def test_call_latency(supervisord: Supervisord) -> None:
     assert per_call < 0.05
 
 
-def test_event_listener_delivers_exit(supervisord: Supervisord) -> None:
+def test_event_listener_delivers_exit(supervisord: SupervisordProc) -> None:
     """SIGKILL a program: its PROCESS_STATE_EXITED arrives through events().
 
     supervisord hands an event to listeners one loop iteration after it reaps the

@@ -4,11 +4,9 @@ records each argv as a JSON line and answers from files the test writes
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -16,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from unit_helpers import kill_all, run, soon
 
 from checks import ConfigError, Options
 from guardian.backends import BackendError, SystemdBackend, UnitState, load_backend_class
@@ -80,23 +79,13 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSystem
     fake = FakeSystemctl(tmp_path)
     monkeypatch.setenv("PATH", f"{fake.path.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     yield fake
-    for pid in fake.pids():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_all(fake.pids())
 
 
 def controller(unit: str | None = None, **backend: Any) -> SystemdController:
     b = SystemdBackend.from_options(Options(backend, "backends.systemd", "test"))
     table = {} if unit is None else {"unit": unit}
     return b.controller("web", Options(table, "services.web", "test"))
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-def soon() -> float:
-    return time.monotonic() + 5.0
 
 
 def test_options() -> None:

@@ -17,6 +17,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from unit_helpers import build, free_port
 
 from checks import CheckResult, ConfigError, Status, build_check
 from checks.dns import DnsCheck
@@ -65,8 +66,9 @@ class LoopbackDnsServer:
         self.tcp.listen(8)
         self.stray = socket.socket(family, socket.SOCK_DGRAM)  # for "other_source"
         self.stray.bind((host, 0))
-        self._threads = [threading.Thread(target=self._udp_loop, daemon=True),
-                         threading.Thread(target=self._tcp_loop, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._loop, args=(self.udp, self._udp_query), daemon=True),
+            threading.Thread(target=self._loop, args=(self.tcp, self._tcp_accept), daemon=True)]
         for thread in self._threads:
             thread.start()
 
@@ -114,30 +116,27 @@ class LoopbackDnsServer:
             response.set_rcode(dns.rcode.NXDOMAIN)
 
     # -- transports ------------------------------------------------------------
-    def _udp_loop(self) -> None:
+    def _loop(self, sock: socket.socket, take: Callable[[], None]) -> None:
+        """``take()`` whenever ``sock`` is readable, until close() (an OSError: closed)."""
         while not self._stop.is_set():
-            ready, _, _ = select.select([self.udp], [], [], 0.05)
+            ready, _, _ = select.select([sock], [], [], 0.05)
             if not ready:
                 continue
             try:
-                wire, peer = self.udp.recvfrom(65535)
+                take()
             except OSError:
                 return
-            reply = self.respond(wire, "udp")
-            if reply is not None:
-                sender = self.stray if self.mode == "other_source" else self.udp
-                sender.sendto(reply, peer)
 
-    def _tcp_loop(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self.tcp], [], [], 0.05)
-            if not ready:
-                continue
-            try:
-                conn, _ = self.tcp.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True).start()
+    def _udp_query(self) -> None:
+        wire, peer = self.udp.recvfrom(65535)
+        reply = self.respond(wire, "udp")
+        if reply is not None:
+            sender = self.stray if self.mode == "other_source" else self.udp
+            sender.sendto(reply, peer)
+
+    def _tcp_accept(self) -> None:
+        conn, _ = self.tcp.accept()
+        threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True).start()
 
     def _tcp_conn(self, conn: socket.socket) -> None:
         with conn:
@@ -175,10 +174,8 @@ def ns() -> Iterator[LoopbackDnsServer]:
 
 
 def dnscheck(server: LoopbackDnsServer, **options: Any) -> DnsCheck:
-    options = {"server": server.host, "port": server.port, **options}
-    check = build_check("dns", options, path="services.zone.checks[0]", source="guardian.toml")
-    assert isinstance(check, DnsCheck)
-    return check
+    return build("dns", DnsCheck, {"server": server.host, "port": server.port, **options},
+                 "services.zone.checks[0]")
 
 
 def test_exact_answer_ok(ns: LoopbackDnsServer, run_sync: RunSync) -> None:
@@ -229,11 +226,17 @@ def test_nxdomain(ns: LoopbackDnsServer, run_sync: RunSync) -> None:
     assert run_sync(dnscheck(ns, qname="www.example.test"), 2.0).status is Status.CRITICAL
 
 
-def test_servfail(ns: LoopbackDnsServer, run_sync: RunSync) -> None:
-    ns.mode = "servfail"
-    result = run_sync(dnscheck(ns, qname="www.example.test"), 2.0)
+@pytest.mark.parametrize(("mode", "timeout", "says"), [
+    ("servfail", 2.0, "rcode SERVFAIL"),
+    ("wrong_id", 1.0, "does not match the query"),
+    ("other_source", 1.0, "unexpected address"),   # an answer from another port
+], ids=["servfail", "wrong_id", "other_source"])
+def test_bad_answer_is_critical(ns: LoopbackDnsServer, run_sync: RunSync, mode: str,
+                                timeout: float, says: str) -> None:
+    ns.mode = mode
+    result = run_sync(dnscheck(ns, qname="www.example.test"), timeout)
     assert result.status is Status.CRITICAL
-    assert "rcode SERVFAIL" in result.detail
+    assert says in result.detail
 
 
 def test_require_aa(ns: LoopbackDnsServer, run_sync: RunSync) -> None:
@@ -282,20 +285,6 @@ def test_silent_server_critical_by_deadline(ns: LoopbackDnsServer, run_sync: Run
     assert "timed out" in result.detail
 
 
-def test_answer_with_wrong_id(ns: LoopbackDnsServer, run_sync: RunSync) -> None:
-    ns.mode = "wrong_id"
-    result = run_sync(dnscheck(ns, qname="www.example.test"), 1.0)
-    assert result.status is Status.CRITICAL
-    assert "does not match the query" in result.detail
-
-
-def test_answer_from_another_port(ns: LoopbackDnsServer, run_sync: RunSync) -> None:
-    ns.mode = "other_source"
-    result = run_sync(dnscheck(ns, qname="www.example.test"), 1.0)
-    assert result.status is Status.CRITICAL
-    assert "unexpected address" in result.detail
-
-
 def test_cname_chain_followed(ns: LoopbackDnsServer, run_sync: RunSync) -> None:
     check = dnscheck(ns, qname="alias.example.test", expect=["192.0.2.10", "192.0.2.11"])
     result = run_sync(check, 2.0)
@@ -313,9 +302,7 @@ def test_other_types(ns: LoopbackDnsServer, run_sync: RunSync) -> None:
 
 
 def test_tcp_refused(run_sync: RunSync) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     check = build_check("dns", {"server": "127.0.0.1", "port": port, "qname": "x.test",
                                 "transport": "tcp"})
     result = run_sync(check, 1.0)

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from unit_helpers import build, wait_gone
 
-from checks import CheckResult, ConfigError, Status, build_check
+from checks import CheckResult, ConfigError, Status
 from checks.exec import STDOUT_CAP, ExecCheck, parse_perfdata, parse_plugin_output
 
 RunSync = Callable[[Any, float], CheckResult]
@@ -37,30 +38,13 @@ def script(tmp_path: Path, name: str, body: str) -> Path:
 
 
 def execcheck(**options: Any) -> ExecCheck:
-    check = build_check("exec", options, path="services.x.checks[1]", source="guardian.toml")
-    assert isinstance(check, ExecCheck)
-    return check
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
+    return build("exec", ExecCheck, options, "services.x.checks[1]")
 
 
 def wait_dead(pids: list[int], within: float = 2.0) -> list[int]:
-    """The pids still alive after ``within`` seconds."""
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        left = [pid for pid in pids if alive(pid)]
-        if not left:
-            return []
-        time.sleep(0.02)
-    return [pid for pid in pids if alive(pid)]
+    """The pids still alive (not even a zombie) after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    return [pid for pid in pids if not wait_gone(pid, deadline - time.monotonic())]
 
 
 @pytest.mark.parametrize(("code", "status"), [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from unit_helpers import LoopbackServer, build, free_port
 
-from checks import CheckResult, ConfigError, Status, build_check
+from checks import CheckResult, ConfigError, Status
 from checks.http import HttpCheck, format_codes
 
 RunSync = Callable[[Any, float], CheckResult]
@@ -29,7 +29,7 @@ class Route:
     stall_body: bool = False   # send headers and a little body, then stall
 
 
-class LoopbackHttpServer:
+class LoopbackHttpServer(LoopbackServer):
     """ThreadingHTTPServer on 127.0.0.1 with configurable routes; records requests."""
 
     def __init__(self, tls_context: Any = None) -> None:
@@ -75,46 +75,26 @@ class LoopbackHttpServer:
                     return
                 self.wfile.write(route.body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd.daemon_threads = True
         self.scheme = "http"
         if tls_context is not None:
-            self.httpd.socket = tls_context.wrap_socket(self.httpd.socket, server_side=True)
+            httpd.socket = tls_context.wrap_socket(httpd.socket, server_side=True)
             self.scheme = "https"
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self._serve(httpd)
 
     def url(self, path: str = "/") -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
 
 @pytest.fixture
 def web() -> Iterator[LoopbackHttpServer]:
-    server = LoopbackHttpServer()
-    yield server
-    server.close()
+    with LoopbackHttpServer() as server:
+        yield server
 
 
 def http(**options: Any) -> HttpCheck:
-    check = build_check("http", options, path="services.web.checks[0]", source="guardian.toml")
-    assert isinstance(check, HttpCheck)
-    return check
-
-
-def free_port() -> int:
-    """A loopback port with nobody listening (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return build("http", HttpCheck, options, "services.web.checks[0]")
 
 
 # -- plain HTTP -------------------------------------------------------------
@@ -333,9 +313,8 @@ def tls_web(tls_cert_factory: Any, request: pytest.FixtureRequest
             ) -> Iterator[tuple[LoopbackHttpServer, Any]]:
     valid_days = getattr(request, "param", 90)
     files = tls_cert_factory(valid_days=valid_days, started_days_ago=200)
-    server = LoopbackHttpServer(files.server_context())
-    yield server, files
-    server.close()
+    with LoopbackHttpServer(files.server_context()) as server:
+        yield server, files
 
 
 def test_https_verified_ok(tls_web: tuple[LoopbackHttpServer, Any], run_sync: RunSync) -> None:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import base64
 import socket
-import socketserver
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from unit_helpers import LoopbackTcpServer, build
 
-from checks import CheckResult, ConfigError, Status, build_check
+from checks import CheckResult, ConfigError, Status
 from checks.smtp import SmtpCheck
 
 RunSync = Callable[[Any, float], CheckResult]
@@ -22,7 +21,7 @@ USER = "probe@example.test"
 SECRET = "s3cret-Pa55-w0rd"
 
 
-class LoopbackSmtpServer:
+class LoopbackSmtpServer(LoopbackTcpServer):
     """Just enough ESMTP: EHLO/HELO, STARTTLS, AUTH PLAIN/LOGIN, MAIL, RCPT, RSET, QUIT.
 
     Every line the client sent is kept in ``received`` (AUTH included, so a
@@ -40,25 +39,7 @@ class LoopbackSmtpServer:
         self.silent = False            # accept, never send the banner
         self.drop_after_banner = False
         self.received: list[str] = []
-        self.release = threading.Event()
-        owner = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                try:
-                    owner.session(self.request)
-                except (OSError, ssl.SSLError):
-                    pass
-
-        class Server(socketserver.ThreadingTCPServer):
-            allow_reuse_address = True
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        super().__init__()
 
     def session(self, conn: socket.socket) -> None:
         conn.settimeout(5)
@@ -135,26 +116,15 @@ class LoopbackSmtpServer:
             else:
                 send("500 5.5.2 unrecognized command")
 
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
 
 @pytest.fixture
 def mx() -> Iterator[LoopbackSmtpServer]:
-    server = LoopbackSmtpServer()
-    yield server
-    server.close()
+    with LoopbackSmtpServer() as server:
+        yield server
 
 
 def smtp(server: LoopbackSmtpServer | None, **options: Any) -> SmtpCheck:
-    if server is not None:
-        options = {"host": "127.0.0.1", "port": server.port, **options}
-    check = build_check("smtp", options, path="services.mail.checks[0]", source="guardian.toml")
-    assert isinstance(check, SmtpCheck)
-    return check
+    return build("smtp", SmtpCheck, options, "services.mail.checks[0]", server)
 
 
 def secrets_in(result: CheckResult) -> list[str]:
@@ -296,9 +266,8 @@ def test_starttls_not_offered(mx: LoopbackSmtpServer, run_sync: RunSync) -> None
 def tls_mx(tls_cert_factory: Any, request: pytest.FixtureRequest
            ) -> Iterator[tuple[LoopbackSmtpServer, Any]]:
     files = tls_cert_factory(valid_days=getattr(request, "param", 90))
-    server = LoopbackSmtpServer(files.server_context())
-    yield server, files
-    server.close()
+    with LoopbackSmtpServer(files.server_context()) as server:
+        yield server, files
 
 
 def test_starttls_ok(tls_mx: tuple[LoopbackSmtpServer, Any], run_sync: RunSync) -> None:

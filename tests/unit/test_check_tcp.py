@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import socket
-import socketserver
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from unit_helpers import LoopbackTcpServer, build
 
-from checks import CheckResult, ConfigError, Status, build_check
+from checks import CheckResult, ConfigError, Status
 from checks.tcp import TcpCheck, unescape
 
 RunSync = Callable[[Any, float], CheckResult]
 
 
-class LoopbackLineServer:
+class LoopbackLineServer(LoopbackTcpServer):
     """Sends ``greeting`` on connect, then answers each received chunk from ``replies``.
 
     ``close_after_greeting`` hangs up right after the greeting; ``received``
@@ -29,57 +28,30 @@ class LoopbackLineServer:
         self.replies: dict[bytes, bytes] = {b"PING\r\n": b"+PONG\r\n"}
         self.close_after_greeting = False
         self.received = bytearray()
-        self.release = threading.Event()
-        owner = self
+        super().__init__()
 
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                conn: socket.socket = self.request
-                conn.settimeout(5)
-                try:
-                    if owner.greeting:
-                        conn.sendall(owner.greeting)
-                    if owner.close_after_greeting:
-                        return
-                    while not owner.release.is_set():
-                        data = conn.recv(4096)
-                        if not data:
-                            return
-                        owner.received += data
-                        conn.sendall(owner.replies.get(data, b""))
-                except OSError:
-                    return
-
-        class Server(socketserver.ThreadingTCPServer):
-            allow_reuse_address = True
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+    def session(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        if self.greeting:
+            conn.sendall(self.greeting)
+        if self.close_after_greeting:
+            return
+        while not self.release.is_set():
+            data = conn.recv(4096)
+            if not data:
+                return
+            self.received += data
+            conn.sendall(self.replies.get(data, b""))
 
 
 @pytest.fixture
 def line_server() -> Iterator[LoopbackLineServer]:
-    server = LoopbackLineServer()
-    yield server
-    server.close()
+    with LoopbackLineServer() as server:
+        yield server
 
 
 def tcp(server: LoopbackLineServer | None, **options: Any) -> TcpCheck:
-    if server is not None:
-        options = {"host": "127.0.0.1", "port": server.port, **options}
-    check = build_check("tcp", options, path="services.x.checks[0]", source="guardian.toml")
-    assert isinstance(check, TcpCheck)
-    return check
+    return build("tcp", TcpCheck, options, "services.x.checks[0]", server)
 
 
 def test_connect_only(line_server: LoopbackLineServer, run_sync: RunSync) -> None:

@@ -15,18 +15,17 @@ import json
 import logging
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from unit_helpers import free_port, kill_all, pids_in, serving, until, wait_for
 
 from checks import Check, CheckResult, Options, Status
 from guardian import (
@@ -45,51 +44,10 @@ if TYPE_CHECKING:
     from conftest import SupervisordFactory, SupervisordProc
 
 PY = sys.executable
-T = TypeVar("T")
 Json = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def serving(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=0.5) as resp:
-            return int(resp.status) == 200
-    except OSError:
-        return False
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-async def until(predicate: Callable[[], T], timeout: float, what: str,
-                show: Callable[[], Any] | None = None) -> T:
-    """Poll ``predicate`` on the loop until it is truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f"\n{json.dumps(show(), indent=1, default=str)}" if show else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
-        await asyncio.sleep(0.01)
-
-
 def svc(sup: Supervisor, name: str) -> Json:
     for s in sup.status()["services"]:
         if s["name"] == name:
@@ -138,6 +96,16 @@ startsecs=0
 startretries=0
 stopwaitsecs=5
 """
+
+
+def web_programs(factory: SupervisordFactory, **flags: Path) -> SupervisordProc:
+    """A supervisord running a :func:`web_program` per keyword (name=flag), each on
+    a free port noted in ``ports``; returns once they all serve."""
+    ports = {name: free_port() for name in flags}
+    sd = factory({name: web_program(ports[name], flag) for name, flag in flags.items()},
+                 ready=lambda: all(serving(port) for port in ports.values()))
+    sd.ports.update(ports)
+    return sd
 
 
 def guardian_toml(sd: SupervisordProc, services: str, guardian_extra: str = "") -> str:
@@ -234,11 +202,7 @@ def command_servers(tmp_path: Path) -> Iterator[Callable[[], CommandServer]]:
     try:
         yield make
     finally:
-        allpids = tmp_path / "allpids"
-        if allpids.exists():
-            for line in allpids.read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(line), signal.SIGKILL)
+        kill_all(pids_in(tmp_path / "allpids"))
 
 
 @pytest.fixture(autouse=True)
@@ -251,9 +215,8 @@ def guardian_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 # ----------------------------------------------------------------------------- (a) crashes
 def test_sigkill_is_restarted_quickly(supervisord_factory: SupervisordFactory,
                                       tmp_path: Path) -> None:
-    port = free_port()
-    sd = supervisord_factory({"web": web_program(port, tmp_path / "broken")},
-                             ready=lambda: serving(port))
+    sd = web_programs(supervisord_factory, web=tmp_path / "broken")
+    port = sd.ports["web"]
     spec = config.loads(guardian_toml(sd, http_service("web", port)), "guardian.toml")
 
     async def scenario() -> None:
@@ -329,9 +292,9 @@ def test_command_backend_crash_seen_by_the_checks(
 def test_budget_spent_runs_the_ladder_then_recovers_by_itself(
         supervisord_factory: SupervisordFactory, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
-    port = free_port()
     flag = tmp_path / "broken"
-    sd = supervisord_factory({"web": web_program(port, flag)}, ready=lambda: serving(port))
+    sd = web_programs(supervisord_factory, web=flag)
+    port = sd.ports["web"]
     exec_env, alert_env, runs = tmp_path / "exec.env", tmp_path / "alert.env", tmp_path / "runs"
 
     def hook(out: Path, tag: str) -> str:
@@ -420,9 +383,9 @@ def test_required_service_down_blocks_without_restarts(
         command_servers: Callable[[], CommandServer]) -> None:
     """web (command backend) requires db (supervisord): while db cannot start,
     web's failing link check blocks it instead of restarting it."""
-    db_port = free_port()
     flag = tmp_path / "db-broken"
-    sd = supervisord_factory({"db": web_program(db_port, flag)}, ready=lambda: serving(db_port))
+    sd = web_programs(supervisord_factory, db=flag)
+    db_port = sd.ports["db"]
     web = command_servers()
     web_pid = web.start()
     link_check = f"""
@@ -484,9 +447,8 @@ def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[st
 
 def test_control_socket_and_status_cli(supervisord_factory: SupervisordFactory,
                                        tmp_path: Path) -> None:
-    port = free_port()
-    sd = supervisord_factory({"web": web_program(port, tmp_path / "broken")},
-                             ready=lambda: serving(port))
+    sd = web_programs(supervisord_factory, web=tmp_path / "broken")
+    port = sd.ports["web"]
     spec = config.loads(guardian_toml(sd, http_service("web", port)), "guardian.toml")
     sock = sd.dir / "g.sock"
 
@@ -544,10 +506,8 @@ def test_control_socket_and_status_cli(supervisord_factory: SupervisordFactory,
 # ----------------------------------------------------------------------------- (e) reload
 def test_reload_by_diff_keeps_unchanged_services(
         supervisord_factory: SupervisordFactory, tmp_path: Path) -> None:
-    web_port, app_port = free_port(), free_port()
-    sd = supervisord_factory({"web": web_program(web_port, tmp_path / "b1"),
-                              "app": web_program(app_port, tmp_path / "b2")},
-                             ready=lambda: serving(web_port) and serving(app_port))
+    sd = web_programs(supervisord_factory, web=tmp_path / "b1", app=tmp_path / "b2")
+    web_port, app_port = sd.ports["web"], sd.ports["app"]
 
     def spec_with(app_interval: str, with_app: bool = True) -> GuardianSpec:
         services = http_service("web", web_port)
@@ -638,9 +598,8 @@ def test_guardian_run_sighup_reload_and_sigterm(
     """``guardian run`` as a process: SIGHUP reloads by diff and refuses a broken
     file (the old configuration keeps running); SIGTERM ends it cleanly and
     leaves the supervised programs running."""
-    port = free_port()
-    sd = supervisord_factory({"web": web_program(port, tmp_path / "broken")},
-                             ready=lambda: serving(port))
+    sd = web_programs(supervisord_factory, web=tmp_path / "broken")
+    port = sd.ports["web"]
     cmd = command_servers()
     cmd_pid = cmd.start()
     conf = tmp_path / "guardian.toml"
