@@ -13,6 +13,9 @@ APT_PACKAGES=(
     monit keepalived monitoring-plugins-basic monitoring-plugins-standard
     # python for the virtualenv
     python3 python3-venv python3-dev
+    # building the Debian package (make deb) and its test (debootstrap)
+    debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel
+    python3-dnspython python3-requests lintian debootstrap
 )
 
 missing=()
