@@ -17,23 +17,51 @@ named directly as ``package.module:Class``.
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
 from checks._registry import import_object
 
 from ._base import Backend, BackendError, Controller, UnitEvent, UnitState, UnitStatus
 from .command import CommandBackend
 from .lsb import LsbBackend
-from .supervisord import SupervisordBackend, listener_config_snippet
 from .systemd import SystemdBackend
+
+if TYPE_CHECKING:
+    from .supervisord import SupervisordBackend, listener_config_snippet
 
 ENTRY_POINT_GROUP = "guardian.backends"
 
-_BUILTINS: dict[str, type[Backend]] = {
-    "supervisord": SupervisordBackend,
+#: Built-in backends.  The supervisord backend is imported on first use: it needs
+#: the ``supervisor`` package, which a guest without supervisord need not have.
+_BUILTINS: dict[str, type[Backend] | str] = {
+    "supervisord": "guardian.backends.supervisord:SupervisordBackend",
     "systemd": SystemdBackend,
     "lsb": LsbBackend,
     "command": CommandBackend,
 }
+_LAZY = {"SupervisordBackend", "listener_config_snippet"}
+_NEEDS = {"supervisord": "the supervisor package (Debian: supervisor)"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import supervisord
+
+        return getattr(supervisord, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _builtin(name: str) -> type[Backend]:
+    entry = _BUILTINS[name]
+    if isinstance(entry, str):
+        try:
+            entry = _import_path(entry)
+        except UnknownBackendError as exc:
+            raise UnknownBackendError(
+                f"backend {name!r} needs {_NEEDS.get(name, 'a missing module')}: {exc}"
+            ) from None
+        _BUILTINS[name] = entry
+    return entry
 
 
 class UnknownBackendError(LookupError):
@@ -52,7 +80,8 @@ def _import_path(path: str) -> type[Backend]:
 
 def available_backends() -> dict[str, str]:
     """Every backend name known without importing plug-ins: name -> ``module:Class``."""
-    found = {name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in _BUILTINS.items()}
+    found = {name: cls if isinstance(cls, str) else f"{cls.__module__}:{cls.__qualname__}"
+             for name, cls in _BUILTINS.items()}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep.value)
     return found
@@ -64,7 +93,7 @@ def load_backend_class(name: str) -> type[Backend]:
     Raises ``UnknownBackendError`` (a ``LookupError``) with the known names.
     """
     if name in _BUILTINS:
-        return _BUILTINS[name]
+        return _builtin(name)
     if ":" in name:
         return _import_path(name)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
