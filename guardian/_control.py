@@ -1,6 +1,8 @@
 """The control socket: root-only unix stream socket, one JSON request per line.
 
-Requests: ``{"cmd": "status"}``, ``{"cmd": "reload"}``, ``{"cmd": "ping"}``.
+Requests: ``{"cmd": "status"}``, ``{"cmd": "reload"}``, ``{"cmd": "ping"}``,
+``{"cmd": "switchover", "group": "web"}`` (group optional with one group; the reply's
+``outcome`` is ``{"ok": bool, "detail": str}`` once the switchover ended).
 Responses: one JSON object per line, ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "..."}``.
 """
@@ -88,6 +90,11 @@ class ControlServer:
 
             err = reload_from_disk(self.sup)
             return {"ok": err is None, "error": err} if err else {"ok": True}
+        if cmd == "switchover":
+            group = req.get("group")
+            if group is not None and not isinstance(group, str):
+                return {"ok": False, "error": "bad request: 'group' must be a string"}
+            return await self.sup.switchover(group)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 

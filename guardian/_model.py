@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from checks import Check
+from ipfailover._settings import DEFAULT_KEY_FILE, DEFAULT_PORT, GroupSettings
 
 from ._states import LadderAction, Mode
 
@@ -83,6 +84,28 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True)
+class FailoverSpec:
+    """``[failover]``: this node, the key file, the UDP port, and the groups (each a
+    VIP set moved between this node and one peer; see ``ipfailover.GroupSettings``)."""
+
+    node: str
+    key_file: str = DEFAULT_KEY_FILE
+    port: int = DEFAULT_PORT
+    groups: Mapping[str, GroupSettings] = field(default_factory=dict)
+
+    def tracking(self, service: str) -> list[GroupSettings]:
+        """The groups whose health follows ``service`` (its ``failover`` rung)."""
+        return [g for g in self.groups.values() if service in g.services]
+
+    def cold_group(self, service: str) -> GroupSettings | None:
+        """The group that starts ``service`` on takeover, if any."""
+        for g in self.groups.values():
+            if service in g.cold:
+                return g
+        return None
+
+
+@dataclass(frozen=True)
 class GuardianSpec:
     control_socket: Path = Path("/run/guardian/control.sock")
     state_dir: Path = Path("/var/lib/guardian")
@@ -92,6 +115,7 @@ class GuardianSpec:
     hook_timeout: float = 30.0
     backends: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     services: Mapping[str, ServiceSpec] = field(default_factory=dict)
+    failover: FailoverSpec | None = None
     sources: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 

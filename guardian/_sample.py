@@ -85,4 +85,30 @@ port = 25
 expect_banner_code = 220
 interval = "1s"
 timeout = "1s"
+
+# ---------------------------------------------------------------- IP failover
+# The service address (VIP) on one of two VMs at a time, moved when this VM, its
+# host or a tracked service fails.  Same file on both VMs but for node, priority
+# and the paths.  Key file: `openssl rand -hex 32`, one line "1 <hex> send",
+# mode 0600, the same on both VMs (rotation: see `pydoc ipfailover._wire`).
+#
+# [failover]
+# node = "vm01"                        # this VM (default: the hostname)
+# key_file = "/etc/guardian/failover.key"
+# port = 694                           # UDP, Heartbeat's port
+#
+# [failover.groups.web]
+# peer = "vm02"
+# priority = 150                       # higher wins; equal: the lower node name
+# interface = "eth0"                   # where the VIPs live
+# vips = ["192.0.2.100/24"]            # also IPv6: "2001:db8::100/64"
+# paths = [{ local = "192.0.2.11", peer = "192.0.2.12" }]   # heartbeats; add a second
+# interval = "100ms"                   # heartbeat interval; death seen in ~0.11-0.21 s
+# lease = "3s"                         # a dead or hung daemon loses the VIPs after this
+# preempt = false                      # take the VIPs back when healthy again?
+# init_dead = "2s"                     # listen this long at start before taking over
+# services = ["apache2"]               # their "failover" ladder rung yields the VIPs
+# cold = []                            # started on takeover, stopped on release
+# ping = []                            # e.g. ["192.0.2.1"]: yield if only we lose it
+# notify = []                          # e.g. ["/usr/local/sbin/failover-hook"]
 '''

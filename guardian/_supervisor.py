@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checks import CheckResult, Status, format_duration, run_check
 
@@ -39,6 +39,12 @@ from ._model import CheckSpec, GuardianSpec, ServiceSpec
 from ._states import LadderAction, Mode, ServiceState
 from .backends import Backend, BackendError, Controller, UnitEvent, UnitState, load_backend_class
 from .backends._proc import pid_alive, run_command
+
+if TYPE_CHECKING:
+    from ipfailover._engine import PairEngine, ServiceHooks
+    from ipfailover._settings import GroupSettings
+
+    EngineFactory = Callable[[GroupSettings, ServiceHooks], PairEngine]
 
 log = logging.getLogger("guardian")
 
@@ -383,18 +389,30 @@ class Supervisor:
     """
 
     def __init__(self, spec: GuardianSpec, *, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None, control: bool = True) -> None:
+                 rng: random.Random | None = None, control: bool = True,
+                 engine_factory: EngineFactory | None = None) -> None:
         self.spec = spec
+        #: builds the failover groups' engines (tests pass one with a fake kernel)
+        self.engine_factory = engine_factory
         self.clock = clock
         self.rng = rng or random.Random()
         self.control_enabled = control
         self.backends: dict[str, Backend] = {}
         self.runners: dict[str, ServiceRunner] = {}
-        self.ladder_handlers: dict[LadderAction, LadderHandler] = {}
+        self.ladder_handlers: dict[LadderAction, LadderHandler] = {
+            LadderAction.FAILOVER: self._failover_rung,
+        }
+        #: failover groups by name (``ipfailover.PairEngine``)
+        self.engines: dict[str, PairEngine] = {}
+        #: tracked services whose ladder ran its failover rung, until they are up again
+        self._failed_over: dict[str, str] = {}
+        #: cold services a failover group started (supervised while it holds the VIPs)
+        self._cold_active: set[str] = set()
         self.started_at = clock()
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._backend_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._spawned: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
         self.reloads = 0
         self.last_reload_error: str | None = None
@@ -413,9 +431,10 @@ class Supervisor:
             self.ready.set()
             notify("READY=1\nSTATUS=supervising "
                    f"{len(self.runners)} service(s)")
-            tg.create_task(self._watchdog(), name="sd-watchdog")
+            self.spawn(self._watchdog(), "sd-watchdog")
             await self._stop.wait()
             notify("STOPPING=1")
+            await self._stop_engines()
             for runner in self.runners.values():
                 runner.stop()
             for task in self._backend_tasks.values():
@@ -425,9 +444,10 @@ class Supervisor:
                     await b.aclose()
             if server is not None:
                 await server.close()
-            for task in asyncio.all_tasks():
+            # our own tasks only: another Supervisor may share the loop (library use)
+            for task in list(self._spawned):
                 if task is not asyncio.current_task() and task.get_name().startswith(
-                        ("restart:", "ladder:", "sd-watchdog")):
+                        ("restart:", "ladder:", "sd-watchdog", "failover:")):
                     task.cancel()
 
     def stop(self) -> None:
@@ -440,7 +460,9 @@ class Supervisor:
 
     def spawn(self, coro: Any, name: str) -> None:
         assert self._tg is not None
-        self._tg.create_task(coro, name=name)
+        task = self._tg.create_task(coro, name=name)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -453,6 +475,7 @@ class Supervisor:
             "warnings": list(self.spec.warnings),
             "services": [self.runners[n].status() for n in self.spec.start_order()
                          if n in self.runners],
+            "failover": [e.status() for _, e in sorted(self.engines.items())],
         }
 
     # ------------------------------------------------------------ internals
@@ -496,6 +519,10 @@ class Supervisor:
         for name in spec.start_order():
             sspec = spec.services[name]
             prev = old.get(name)
+            if (spec.failover is not None and spec.failover.cold_group(name) is not None
+                    and name not in self._cold_active):
+                # a cold service: supervised only while its group holds the VIPs
+                continue
             if (prev is not None and prev.spec.fingerprint == sspec.fingerprint
                     and sspec.backend not in backends_changed):
                 new[name] = prev
@@ -521,11 +548,144 @@ class Supervisor:
                 runner.start(self._tg)
         for runner in new.values():
             self._update_deps(runner)
+        self._apply_failover(spec, first)
 
     def service_changed(self, runner: ServiceRunner) -> None:
         for other in self.runners.values():
             if runner.spec.name in other.spec.requires:
                 self._update_deps(other)
+        name = runner.spec.name
+        if runner.machine.state is ServiceState.UP and name in self._failed_over:
+            del self._failed_over[name]
+            for engine in self.engines.values():
+                if name in engine.settings.services:
+                    engine.service_recovered(name)
+
+    # ------------------------------------------------------------ failover
+    def _apply_failover(self, spec: GuardianSpec, first: bool) -> None:
+        groups = spec.failover.groups if spec.failover is not None else {}
+        if not groups and not self.engines:
+            return
+        for name, settings in groups.items():
+            engine = self.engines.get(name)
+            if engine is not None and engine.settings == settings and engine.error is None:
+                if not first:
+                    engine.reload_keys()
+                continue
+            new = self._make_engine(settings)
+            self.engines[name] = new
+            if engine is None:
+                self.spawn(new.run(), f"failover:{name}")
+            else:
+                log.info("failover %s: configuration changed, restarting the group", name)
+                self.spawn(self._replace_engine(engine, new), f"failover:{name}")
+        for name in [n for n in self.engines if n not in groups]:
+            log.info("failover %s: removed from the configuration; releasing", name)
+            engine = self.engines.pop(name)
+            self.spawn(engine.shutdown("group removed from the configuration"),
+                       f"failover:{name}:shutdown")
+
+    def _make_engine(self, settings: GroupSettings) -> PairEngine:
+        from ipfailover._engine import PairEngine
+
+        hooks = _ColdHooks(self)
+        if self.engine_factory is not None:
+            engine = self.engine_factory(settings, hooks)
+        else:
+            engine = PairEngine(settings, services=hooks, clock=self.clock)
+        for service, reason in self._failed_over.items():
+            if service in settings.services:
+                engine.service_failed(service, reason)
+        return engine
+
+    async def _replace_engine(self, old: PairEngine, new: PairEngine) -> None:
+        await old.shutdown("configuration changed")
+        await new.run()
+
+    async def _stop_engines(self) -> None:
+        if self.engines:
+            await asyncio.gather(*(e.shutdown() for e in self.engines.values()),
+                                 return_exceptions=True)
+
+    async def _failover_rung(self, runner: ServiceRunner, action: RunStep) -> None:
+        name = runner.spec.name
+        engines = [e for e in self.engines.values() if name in e.settings.services]
+        if not engines:
+            log.error("%s: ladder step failover: no failover group tracks this service: %s",
+                      name, action.reason)
+            return
+        self._failed_over[name] = action.reason
+        for engine in engines:
+            log.warning("%s: ladder step failover: group %s yields the VIPs", name,
+                        engine.name)
+            engine.service_failed(name, action.reason)
+
+    async def switchover(self, group: str | None) -> dict[str, Any]:
+        """Move the VIPs of ``group`` (default: the only group) to the other node."""
+        if not self.engines:
+            return {"ok": False, "error": "no failover group is configured"}
+        if group is None:
+            if len(self.engines) > 1:
+                return {"ok": False, "error": "several failover groups: name one ("
+                        + ", ".join(sorted(self.engines)) + ")"}
+            group = next(iter(self.engines))
+        engine = self.engines.get(group)
+        if engine is None:
+            return {"ok": False, "error": f"no failover group named {group!r}"}
+        ok, detail = await engine.switchover()
+        return {"ok": True, "group": group, "outcome": {"ok": ok, "detail": detail}}
+
+    # cold services (``_ColdHooks``): supervised only while their group is master
+    async def _start_cold(self, name: str, timeout: float) -> None:
+        from checks import Options
+
+        sspec = self.spec.services.get(name)
+        if sspec is None:
+            raise BackendError(f"{name}: not configured")
+        self._cold_active.add(name)
+        if name in self.runners:
+            await self.runners[name].controller.start(self.clock() + timeout)
+            return
+        backend = self._backend(sspec.backend, self.spec)
+        controller = backend.controller(
+            name, Options(dict(sspec.controller_options), f"services.{name}", sspec.source))
+        await controller.start(self.clock() + timeout)
+        if name not in self._cold_active or name in self.runners:
+            return  # released meanwhile, or started twice
+        runner = ServiceRunner(self, sspec, controller)
+        self.runners[name] = runner
+        assert self._tg is not None
+        runner.start(self._tg)
+        log.info("%s: cold service started for its failover group; supervising it", name)
+        for other in self.runners.values():
+            self._update_deps(other)
+
+    async def _stop_cold(self, name: str, timeout: float) -> None:
+        from checks import Options
+
+        self._cold_active.discard(name)
+        runner = self.runners.pop(name, None)
+        if runner is not None:
+            runner.stop()
+            controller = runner.controller
+        else:
+            sspec = self.spec.services.get(name)
+            if sspec is None:
+                return
+            controller = self._backend(sspec.backend, self.spec).controller(
+                name, Options(dict(sspec.controller_options), f"services.{name}", sspec.source))
+        await controller.stop(self.clock() + timeout)
+        log.info("%s: cold service stopped (its failover group released the VIPs)", name)
+
+    async def _wait_cold(self, name: str, timeout: float) -> bool:
+        deadline = self.clock() + timeout
+        while True:
+            runner = self.runners.get(name)
+            if runner is not None and runner.machine.state is ServiceState.UP:
+                return True
+            if self.clock() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
 
     def _update_deps(self, runner: ServiceRunner) -> None:
         down = tuple(d for d in runner.spec.requires
@@ -541,6 +701,22 @@ class Supervisor:
         while True:
             notify("WATCHDOG=1")
             await asyncio.sleep(period)
+
+
+class _ColdHooks:
+    """``ipfailover.ServiceHooks`` through the Supervisor (cold services)."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    async def start_service(self, name: str, timeout: float) -> None:
+        await self.sup._start_cold(name, timeout)
+
+    async def stop_service(self, name: str, timeout: float) -> None:
+        await self.sup._stop_cold(name, timeout)
+
+    async def wait_service_up(self, name: str, timeout: float) -> bool:
+        return await self.sup._wait_cold(name, timeout)
 
 
 def notify(state: str) -> None:

@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
     p_status.add_argument("--socket", type=Path, help="control socket (default: from config)")
 
+    p_sw = sub.add_parser(
+        "switchover", help="move a failover group's VIPs to the other node (exit 0 when done)")
+    p_sw.add_argument("group", nargs="?", help="the group (default: the only one)")
+    p_sw.add_argument("--socket", type=Path, help="control socket (default: from config)")
+
     p_check = sub.add_parser(
         "check", help="run one probe and print it like a Nagios plugin (exit 0/1/2/3)",
         description="Run one probe. Options are the check's config keys: --url X, "
@@ -62,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.config)
     if args.command == "status":
         return _status(args)
+    if args.command == "switchover":
+        return _switchover(args)
     if args.command == "check":
         return _check(args, rest)
     if args.command == "validate":
@@ -180,7 +187,30 @@ def _status(args: argparse.Namespace) -> int:
     worst = 0
     for s in services:
         worst = max(worst, {"OK": 0, "WARNING": 1, "CRITICAL": 2}.get(s["verdict"], 0))
+    if not args.service:
+        for g in status.get("failover", []):
+            worst = max(worst, {"refused": 2, "fault": 1}.get(g.get("state", ""), 0))
     return worst
+
+
+def _switchover(args: argparse.Namespace) -> int:
+    from ._control import ControlError, request
+
+    path = _socket_path(args)
+    payload: dict[str, Any] = {} if args.group is None else {"group": args.group}
+    try:
+        reply = request(path, "switchover", timeout=30.0, **payload)
+    except ControlError as exc:
+        print(f"guardian: {exc}", file=sys.stderr)
+        return 3
+    if not reply.get("ok"):
+        print(f"guardian: switchover: {reply.get('error')}", file=sys.stderr)
+        return 1
+    outcome = reply.get("outcome") or {}
+    ok = bool(outcome.get("ok"))
+    print(f"switchover {reply.get('group')}: {'done' if ok else 'FAILED'}: "
+          f"{outcome.get('detail', '')}")
+    return 0 if ok else 1
 
 
 def _age(seconds: float | None) -> str:
@@ -214,11 +244,57 @@ def format_status_table(status: dict[str, Any]) -> str:
             out.append(f"  {s['name']}: {s['reason']}")
     if not status["services"]:
         out.append("  (no service enabled: see /etc/guardian/conf.d/)")
+    for g in status.get("failover", []):
+        out.extend(format_failover(g))
     reload_error = status.get("last_reload_error")
     if reload_error:
         out.append("last reload refused; the running configuration stays:")
         out.extend(f"  {line}" for line in str(reload_error).splitlines()[1:] or [reload_error])
     return "\n".join(out)
+
+
+def format_failover(g: dict[str, Any]) -> list[str]:
+    """The pair section of ``guardian status``: one failover group."""
+    head = (f"failover {g['group']}: {str(g.get('state', '?')).upper()} "
+            f"(node {g['node']}, priority {g['priority']})")
+    if g.get("since_age") is not None:
+        head += f" for {_age(g['since_age'])}"
+    lines = [head]
+    if g.get("error"):
+        lines.append(f"  NOT RUNNING: {g['error']}")
+        return lines
+    if g.get("reason"):
+        lines.append(f"  why:        {g['reason']}")
+    held = ", ".join(g.get("vips_held") or []) or "none"
+    lines.append(f"  VIPs:       {', '.join(g['vips'])} on {g['interface']}; held here: {held}")
+    p = g.get("peer")
+    if p:
+        alive = "alive" if p.get("alive") else ("declared dead" if p.get("declared_dead")
+                                                  else "silent")
+        lines.append(f"  peer:       {p['name']} {str(p['state']).upper()}, priority "
+                     f"{p['priority']}, {alive}, heard {_age(p.get('last_heard_age'))} ago"
+                     + (f", holds {', '.join(p['vips'])}" if p.get("vips") else ""))
+    else:
+        lines.append(f"  peer:       {g['peer_name']} never heard")
+    for path in g.get("paths", []):
+        dev = f" dev {path['interface']}" if path.get("interface") else ""
+        err = f", {path['send_errors']} send errors" if path.get("send_errors") else ""
+        lines.append(f"  path {path['index']}:     {path['local']} -> {path['peer']}{dev}: "
+                     f"heard {_age(path.get('heard_age'))} ago, the peer heard us "
+                     f"{_age(path.get('peer_heard_us_age'))} ago{err}")
+    health = g.get("local_health") or {}
+    if health and not health.get("ok", True):
+        lines.append(f"  health:     {health.get('reason')}")
+    lt = g.get("last_transition")
+    if lt:
+        lines.append(f"  last:       {lt['from']} -> {lt['to']} {_age(lt['age'])} ago: "
+                     f"{lt['reason']}")
+    drops = g.get("drops") or {}
+    if drops:
+        lines.append("  dropped:    " + ", ".join(f"{k} {v}" for k, v in drops.items()))
+    for w in g.get("warnings", []):
+        lines.append(f"  warning:    {w}")
+    return lines
 
 
 def format_service_detail(s: dict[str, Any]) -> str:

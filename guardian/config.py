@@ -8,14 +8,25 @@ order.  Every error names the file and the key path; unknown keys are errors;
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from checks import ConfigError, ConfigErrors, Options, build_check, format_duration
+from ipfailover._settings import DEFAULT_KEY_FILE, DEFAULT_PORT, GroupSettings, PathSettings
 
-from ._model import CheckSpec, GuardianSpec, LadderStep, RestartPolicy, ServiceSpec
+from ._model import (
+    CheckSpec,
+    FailoverSpec,
+    GuardianSpec,
+    LadderStep,
+    RestartPolicy,
+    ServiceSpec,
+)
 from ._states import LadderAction, Mode
 
 DEFAULT_CONFIG = Path("/etc/guardian/guardian.toml")
@@ -109,6 +120,8 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
     backend_src: dict[str, str] = {}
     services: dict[str, tuple[str, Mapping[str, Any]]] = {}
     backend_tables: dict[str, tuple[str, Any]] = {}
+    failover_tbl: dict[str, tuple[str, Any]] = {}
+    failover_groups: dict[str, tuple[str, Any]] = {}
 
     for source, doc in docs:
         for key, value in doc.items():
@@ -132,6 +145,18 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
                     backend_src[name] = src
             elif key == "services":
                 services.update(_named_tables(source, key, value, services, errors))
+            elif key == "failover":
+                if not isinstance(value, Mapping):
+                    errors.append(ConfigError(source, key, "must be a table"))
+                    continue
+                for k, v in value.items():
+                    if k == "groups":
+                        _named_tables(source, "failover.groups", v, failover_groups, errors)
+                        continue
+                    if k in failover_tbl:
+                        errors.append(ConfigError(source, f"failover.{k}",
+                                                  f"already set in {failover_tbl[k][0]}"))
+                    failover_tbl[k] = (source, v)
             else:
                 errors.append(ConfigError(source, key, "unknown key"))
 
@@ -202,12 +227,27 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
         first = specs[cycle[0]]
         errors.append(ConfigError(first.source, f"services.{cycle[0]}.requires",
                                   "dependency cycle: " + " -> ".join(cycle)))
+
+    failover: FailoverSpec | None = None
+    if failover_tbl or failover_groups:
+        failover = _parse_failover(failover_tbl, failover_groups, specs, services,
+                                   str(g_values.get("state_dir", "/var/lib/guardian")),
+                                   g_source, errors, warnings)
+    for name, spec in specs.items():
+        for i, step in enumerate(spec.ladder):
+            if step.action is LadderAction.FAILOVER and (
+                    failover is None or not failover.tracking(name)):
+                warnings.append(
+                    f"{spec.source}: services.{name}.ladder[{i}]: failover, but no failover "
+                    f"group tracks {name} ([failover.groups.NAME] services = [\"{name}\"]): "
+                    "the step will be logged only")
     if errors:
         raise ConfigErrors(errors)
     if not specs:
         warnings.append("no service is enabled: guardian supervises nothing until you enable one")
     return GuardianSpec(
         services=specs,
+        failover=failover,
         backends={k: dict(v) for k, v in backends.items()},
         sources=tuple(s for s, _ in docs),
         warnings=tuple(warnings),
@@ -331,7 +371,7 @@ def _parse_service(name: str, source: str, tbl: Mapping[str, Any],
         warnings.append(f"{source}: {path}: empty ladder: when the budget is spent nothing but "
                         "slow retries happen and nobody is told")
     for i, step in enumerate(ladder):
-        if step.action in (LadderAction.FAILOVER, LadderAction.ESCALATE):
+        if step.action is LadderAction.ESCALATE:
             warnings.append(
                 f"{source}: {path}.ladder[{i}]: {step.action.value} is not available in this "
                 "build yet; the step will be logged only")
@@ -408,6 +448,251 @@ def _find_cycle(specs: Mapping[str, ServiceSpec]) -> list[str]:
             if found:
                 return found
     return []
+
+
+# ---------------------------------------------------------------- [failover]
+_GROUP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+# PairConfig's setting names -> our keys (None: the [failover] table's key)
+_PAIR_KEYS: dict[str, str | None] = {
+    "node": None, "renew_interval": "lease", "switchover_timeout": "interval"}
+
+
+def _node_name(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    if not 1 <= len(value.encode("utf-8")) <= 64 or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r}: a node name is 1-64 bytes, no spaces")
+    return value
+
+
+def _ifname(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    if not 0 < len(value) < 16 or "/" in value or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r}: an interface name is 1-15 characters, no '/' or spaces")
+    return value
+
+
+def _ip(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not an address (a string)")
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def _ip_list(value: object) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise TypeError(f"{value!r} is not a list of addresses")
+    return [_ip(v) for v in value]
+
+
+def _vip_list(value: object) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise TypeError(f"{value!r} is not a list of addresses (\"192.0.2.100/24\")")
+    out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
+    for v in value:
+        if not isinstance(v, str):
+            raise TypeError(f"{v!r} is not an address (\"192.0.2.100/24\")")
+        try:
+            vip = ipaddress.ip_interface(v.strip())
+        except ValueError:
+            raise ValueError(f"{v!r} is not an address with a prefix length "
+                             "(\"192.0.2.100/24\", \"2001:db8::100/64\")") from None
+        ip = vip.ip
+        if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+            raise ValueError(f"{v!r} is not a unicast address")
+        if ip.version == 6 and ip.is_link_local:
+            raise ValueError(f"{v!r}: a link-local VIP is not supported")
+        if any(o.ip == ip for o in out):
+            raise ValueError(f"{ip} is listed twice")
+        out.append(vip)
+    if len(out) > 8:
+        raise ValueError(f"at most 8 VIPs per group, got {len(out)}")
+    return out
+
+
+def _hook(value: object) -> list[str]:
+    if value == []:
+        return []
+    return _command(value)
+
+
+def _parse_failover(top: Mapping[str, tuple[str, Any]], groups: Mapping[str, tuple[str, Any]],
+                    specs: Mapping[str, ServiceSpec],
+                    all_services: Mapping[str, tuple[str, Any]], state_dir: str,
+                    default_source: str, errors: list[ConfigError],
+                    warnings: list[str]) -> FailoverSpec | None:
+    first = next(iter(top.values()), None) or next(iter(groups.values()), None)
+    fsource = first[0] if first else default_source
+    fopts = Options({k: v for k, (_, v) in top.items()}, "failover", fsource)
+    try:
+        node = fopts.convert("node", _node_name, None)
+        if node is None:
+            node = _node_name(socket.gethostname())
+        key_file = fopts.str("key_file", DEFAULT_KEY_FILE)
+        port = fopts.int("port", DEFAULT_PORT, minimum=1, maximum=65535)
+        fopts.finish()
+        if not key_file.startswith("/"):
+            raise fopts.error("key_file", "must be an absolute path")
+    except ConfigError as exc:
+        key = exc.path.split(".", 1)[1] if "." in exc.path else ""
+        errors.append(ConfigError(top.get(key, (fsource,))[0], exc.path, exc.message))
+        return None
+    except ValueError as exc:  # the hostname as node name
+        errors.append(ConfigError(fsource, "failover.node", f"the hostname: {exc}; set node"))
+        return None
+    out: dict[str, GroupSettings] = {}
+    binds: dict[tuple[str, int], str] = {}
+    cold_owner: dict[str, str] = {}
+    for name, (source, tbl) in groups.items():
+        try:
+            g, warns = _parse_group(name, source, tbl, node=node, key_file=key_file, port=port,
+                                    state_dir=state_dir, specs=specs, all_services=all_services)
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        path = f"failover.groups.{name}"
+        bad = False
+        for i, p in enumerate(g.paths):
+            where = (str(p.local), g.port)
+            if where in binds and binds[where] != name:
+                errors.append(ConfigError(source, f"{path}.paths[{i}].local",
+                                          f"{p.local} port {g.port} is used by group "
+                                          f"{binds[where]!r} too: give one of them its own "
+                                          "port (port = ...)"))
+                bad = True
+            binds[where] = name
+        for c in g.cold:
+            if c in cold_owner:
+                errors.append(ConfigError(source, f"{path}.cold",
+                                          f"{c!r} is a cold service of group "
+                                          f"{cold_owner[c]!r} already"))
+                bad = True
+            cold_owner[c] = name
+        warnings.extend(warns)
+        if not bad:
+            out[name] = g
+    if not groups:
+        warnings.append(f"{fsource}: failover: no groups ([failover.groups.NAME]): no address "
+                        "fails over")
+    return FailoverSpec(node=node, key_file=key_file, port=port, groups=out)
+
+
+def _parse_group(name: str, source: str, tbl: Any, *, node: str, key_file: str, port: int,
+                 state_dir: str, specs: Mapping[str, ServiceSpec],
+                 all_services: Mapping[str, tuple[str, Any]]) -> tuple[GroupSettings, list[str]]:
+    path = f"failover.groups.{name}"
+    if not _GROUP_RE.match(name):
+        raise ConfigError(source, path, "a group name is 1-32 letters, digits, '_', '.' or '-'")
+    opts = Options(tbl, path, source)
+    warnings: list[str] = []
+    peer = opts.convert("peer", _node_name)
+    priority = opts.int("priority", 100, minimum=0, maximum=255)
+    interface = opts.convert("interface", _ifname, "eth0")
+    vips = tuple(opts.convert("vips", _vip_list))
+    raw_paths = opts.raw("paths")
+    gport = opts.int("port", port, minimum=1, maximum=65535)
+    interval = opts.duration("interval", 0.1)
+    lease = opts.duration("lease", 3.0)
+    preempt = opts.bool("preempt", False)
+    preempt_delay = opts.duration("preempt_delay", 30.0)
+    min_healthy = opts.duration("min_healthy", 10.0)
+    init_dead = opts.duration("init_dead", 2.0)
+    fence = opts.choice("fence", ("none", "dom0"), "none")
+    tracked = tuple(opts.str_list("services", []))
+    cold = tuple(opts.str_list("cold", []))
+    cold_timeout = opts.duration("cold_timeout", 30.0)
+    ping = tuple(opts.convert("ping", _ip_list, []))
+    ping_interval = opts.duration("ping_interval", 1.0)
+    ping_timeout = opts.duration("ping_timeout", 0.5)
+    notify = tuple(opts.convert("notify", _hook, []))
+    notify_timeout = opts.duration("notify_timeout", 30.0)
+    announce_count = opts.int("announce_count", 3, minimum=1, maximum=20)
+    announce_interval = opts.duration("announce_interval", 0.1)
+    announce_refresh = opts.duration("announce_refresh", 10.0)
+    track_interface = opts.bool("track_interface", True)
+    opts.finish()
+
+    if peer == node:
+        raise opts.error("peer", f"is this node's own name ({node!r}, failover.node)")
+    if lease != int(lease) or not 2 <= lease <= 3600:
+        raise opts.error("lease", f"{format_duration(lease)}: want whole seconds, 2s..1h (the "
+                         "kernel counts address lifetimes in seconds; renewed every second)")
+    if not isinstance(raw_paths, list) or not raw_paths:
+        raise opts.error("paths", "must be a list of tables: [{ local = \"ADDR\", "
+                         "peer = \"ADDR\" }]")
+    if len(raw_paths) > 8:
+        raise opts.error("paths", f"at most 8 paths, got {len(raw_paths)}")
+    paths: list[PathSettings] = []
+    for i, ptbl in enumerate(raw_paths):
+        popts = Options(ptbl, f"{path}.paths[{i}]", source)
+        local = popts.convert("local", _ip)
+        remote = popts.convert("peer", _ip)
+        pif = popts.convert("interface", _ifname, None)
+        popts.finish()
+        if local.version != remote.version:
+            raise popts.error("peer", f"{remote} and local {local} are not the same family")
+        if local == remote:
+            raise popts.error("peer", "is the local address")
+        if any(p.local == local and p.peer == remote for p in paths):
+            raise popts.error("peer", "the same path is listed twice")
+        paths.append(PathSettings(local, remote, pif))
+    for key, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout),
+                       ("notify_timeout", notify_timeout), ("cold_timeout", cold_timeout)):
+        if value <= 0:
+            raise opts.error(key, "must be longer than 0")
+    if announce_interval > 10:
+        raise opts.error("announce_interval", "must be at most 10s")
+    for key, names in (("services", tracked), ("cold", cold)):
+        for i, svc in enumerate(names):
+            if svc not in specs:
+                why = ("is disabled" if svc in all_services
+                       else "is not a configured service ([services.NAME])")
+                raise ConfigError(source, f"{path}.{key}[{i}]", f"{svc!r} {why}")
+        if len(set(names)) != len(names):
+            raise opts.error(key, "lists a service twice")
+    g = GroupSettings(
+        group=name, node=node, peer=peer, vips=vips, paths=tuple(paths), interface=interface,
+        priority=priority, port=gport, key_file=key_file, state_dir=state_dir,
+        interval=interval, lease=int(lease), preempt=preempt, preempt_delay=preempt_delay,
+        min_healthy=min_healthy, init_dead=init_dead, fence=fence, services=tracked,
+        cold=cold, cold_timeout=cold_timeout, ping=ping, ping_interval=ping_interval,
+        ping_timeout=ping_timeout, notify=notify, notify_timeout=notify_timeout,
+        announce_count=announce_count, announce_interval=announce_interval,
+        announce_refresh=announce_refresh, track_interface=track_interface,
+    )
+    try:
+        g.pair_config()
+    except ValueError as exc:
+        text = str(exc)
+        setting, _, why = text.removeprefix("failover setting ").partition(": ")
+        ours = _PAIR_KEYS.get(setting, setting)
+        raise ConfigError(source, f"{path}.{ours}" if ours else "failover.node",
+                          why or text) from None
+
+    if fence == "dom0":
+        warnings.append(
+            f"{source}: {path}.fence: \"dom0\" needs an escalation channel to dom0, which "
+            "this build does not have: this group will never take over from a silent peer "
+            "(only from one that says goodbye or reports a fault)")
+    if init_dead < 3 * interval:
+        warnings.append(f"{source}: {path}.init_dead: {format_duration(init_dead)} is shorter "
+                        f"than 3 intervals: a starting node may take the VIPs before it "
+                        "hears a live master")
+    if ping_timeout > ping_interval:
+        warnings.append(f"{source}: {path}.ping_timeout is longer than ping_interval")
+    for svc in tracked:
+        if not any(s.action is LadderAction.FAILOVER for s in specs[svc].ladder):
+            warnings.append(
+                f"{source}: {path}.services: {svc!r} has no \"failover\" rung in its ladder "
+                f"(services.{svc}.ladder): its failure never moves the VIPs")
+    return g, warnings
 
 
 def format_errors(exc: ConfigErrors | ConfigError) -> str:

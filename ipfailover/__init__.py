@@ -26,6 +26,10 @@ messages, health and ticks into actions (``_machine``)::
     pm = PairMachine(PairConfig(node="vm01", priority=150), time.monotonic())
     for action in pm.transition(PeerMessage(ep.open(packet)), time.monotonic()): ...
     # and a Tick() at pm.next_wakeup
+
+The engine (``PairEngine``, asyncio) drives one group with real sockets and addresses:
+``await PairEngine(GroupSettings(...)).run()``; guardiand runs one per
+``[failover.groups.NAME]``.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from ._machine import (
     TakeVIPs,
     Tick,
 )
+from ._settings import DEFAULT_PORT, GroupSettings, PathSettings
 from ._states import PairState, SwitchoverRole
 from ._wire import (
     MAX_SIZE,
@@ -94,6 +99,7 @@ if TYPE_CHECKING:
         unicast_announce,
         unsolicited_na,
     )
+    from ._engine import EngineRefused, KernelVipOps, PairEngine, ServiceHooks, VipOps
     from ._preflight import Problem, ProblemKind, Severity, preflight, read_sysctl
     from ._vip import (
         InterfaceNotFound,
@@ -145,6 +151,7 @@ _VIP_LAYER = {
         "unsolicited_na",
     ),
     "._preflight": ("Problem", "ProblemKind", "Severity", "preflight", "read_sysctl"),
+    "._engine": ("EngineRefused", "KernelVipOps", "PairEngine", "ServiceHooks", "VipOps"),
 }
 _LAZY = {name: module for module, names in _VIP_LAYER.items() for name in names}
 
@@ -205,6 +212,15 @@ __all__ = [
     "Tick",
     "decode",
     "encode",
+    # settings and the engine (asyncio; imports the VIP layer)
+    "DEFAULT_PORT",
+    "EngineRefused",
+    "GroupSettings",
+    "KernelVipOps",
+    "PairEngine",
+    "PathSettings",
+    "ServiceHooks",
+    "VipOps",
     # the VIP layer
     "InterfaceNotFound",
     "LinkInfo",
