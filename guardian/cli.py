@@ -55,8 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sample-config", help="print a commented configuration for Apache, "
                    "BIND and Exim")
 
+    sub.add_parser("import-heartbeat", add_help=False,
+                   help="convert Heartbeat's ha.cf/haresources/authkeys into guardian TOML "
+                        "(import-heartbeat --help for its options)")
+
     args, rest = parser.parse_known_args(argv)
-    if args.command != "check" and rest:
+    if args.command == "import-heartbeat":
+        from ipfailover._heartbeat import main as import_heartbeat
+
+        return import_heartbeat(rest)
+    if args.command not in ("check", "import-heartbeat") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command is None:
         parser.print_help()

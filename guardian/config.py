@@ -8,6 +8,7 @@ order.  Every error names the file and the key path; unknown keys are errors;
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 import socket
@@ -43,7 +44,9 @@ def config_files(path: Path) -> list[Path]:
     files = [path]
     confd = path.parent / "conf.d"
     if confd.is_dir():
-        files.extend(sorted(p for p in confd.glob("*.toml") if p.is_file()))
+        # a dangling link (ln -s made from the wrong directory) stays in the list:
+        # reading it fails with "file not found", naming the link
+        files.extend(sorted(p for p in confd.glob("*.toml") if p.is_file() or p.is_symlink()))
     return files
 
 
@@ -546,6 +549,12 @@ def _parse_failover(top: Mapping[str, tuple[str, Any]], groups: Mapping[str, tup
         return None
     except ValueError as exc:  # the hostname as node name
         errors.append(ConfigError(fsource, "failover.node", f"the hostname: {exc}; set node"))
+        return None
+    missing = [deb for mod, deb in (("pyroute2", "python3-pyroute2"), ("scapy", "python3-scapy"))
+               if importlib.util.find_spec(mod) is None]
+    if groups and missing:
+        errors.append(ConfigError(fsource, "failover", "IP failover needs "
+                                  f"{' and '.join(missing)}, which is not installed"))
         return None
     out: dict[str, GroupSettings] = {}
     binds: dict[tuple[str, int], str] = {}

@@ -21,7 +21,7 @@ The pair core is pure (no sockets, no clock): ``Endpoint`` seals and opens the
 authenticated packets (``_wire``), ``PairMachine.transition(event, now)`` turns peer
 messages, health and ticks into actions (``_machine``)::
 
-    ep = Endpoint(KeyRing.load("/etc/guardian/failover.keys"), "web", "vm01",
+    ep = Endpoint(KeyRing.load("/etc/guardian/failover.key"), "web", "vm01",
                   Generation("/var/lib/guardian").advance(floor=int(time.time())))
     pm = PairMachine(PairConfig(node="vm01", priority=150), time.monotonic())
     for action in pm.transition(PeerMessage(ep.open(packet)), time.monotonic()): ...

@@ -180,3 +180,35 @@ def test_cli_sample_config_validates(tmp_path: Path) -> None:
 def test_cli_version() -> None:
     res = run_cli("--version")
     assert res.returncode == 0 and res.stdout.startswith("guardian ")
+
+
+def test_dangling_confd_link_is_an_error_naming_it(tmp_path: Path) -> None:
+    from guardian.config import load
+
+    main = tmp_path / "guardian.toml"
+    main.write_text("")
+    (tmp_path / "conf.d").mkdir()
+    # made from the wrong directory: points at conf.d/conf-available/..., which is not there
+    (tmp_path / "conf.d" / "apache2.toml").symlink_to("conf-available/apache2.toml")
+    with pytest.raises(ConfigErrors) as err:
+        load(main)
+    assert "apache2.toml: file not found" in str(err.value)
+
+
+def test_failover_without_pyroute2_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pyroute2" else real(name, *a))
+    text = """
+[failover]
+node = "vm01"
+[failover.groups.web]
+peer = "vm02"
+vips = ["192.0.2.100/24"]
+paths = [{ local = "192.0.2.11", peer = "192.0.2.12" }]
+"""
+    with pytest.raises(ConfigErrors) as err:
+        config.loads(text, "guardian.toml")
+    assert "guardian.toml: failover: IP failover needs python3-pyroute2" in str(err.value)

@@ -517,3 +517,15 @@ def test_a_copy_of_the_study_converts_like_the_original(tmp_path: Path) -> None:
     original = convert(CLASSIC, "vm01")
     assert parsed(copy) == parsed(original)
     assert copy.unmapped == original.unmapped
+
+
+def test_guardian_cli_runs_the_converter() -> None:
+    import subprocess
+    import sys
+
+    here = Path(__file__).parent / "heartbeat_data" / "classic" / "ha.d"
+    out = subprocess.run([sys.executable, "-m", "guardian", "import-heartbeat", str(here),
+                          "--node", "vm01"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "[failover.groups." in out.stdout
+    assert 'peer = "vm02"' in out.stdout
