@@ -54,6 +54,7 @@ it, and ``read`` skips such lines and counts them (``ReadStats.torn``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -495,3 +496,30 @@ class Journal:
             "max_bytes": self.max_bytes,
             "keep": self.keep,
         }
+
+
+class MemoryJournal(Journal):
+    """A journal that keeps its last ``limit`` records in memory and writes nothing:
+    for guardian used as a library, where no state directory is ours to write."""
+
+    def __init__(self, *, limit: int = 10000, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self._memory: collections.deque[Record] = collections.deque(maxlen=limit)
+        super().__init__("/nonexistent/guardian-memory-journal", clock=clock,
+                         wall_clock=wall_clock)
+
+    def _scan_last_incident(self) -> int:
+        return 0
+
+    def _write(self, rec: Record) -> None:
+        self._memory.append(rec)
+        self.records_written += 1
+
+    def read(self, since: float | None = None, service: str | None = None,
+             stats: ReadStats | None = None) -> Iterator[Record]:
+        for rec in list(self._memory):
+            if since is not None and float(rec.get("wall", 0.0)) < since:
+                continue
+            if service is not None and rec.get("service", rec.get("group")) != service:
+                continue
+            yield rec

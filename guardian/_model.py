@@ -113,6 +113,8 @@ class GuardianSpec:
     log_target: str = "stderr"
     alert_command: tuple[str, ...] = ()
     hook_timeout: float = 30.0
+    metrics_listen: str = ""            # "" off; "127.0.0.1:9817"; "unix:/run/.../metrics.sock"
+    metrics_allow_remote: bool = False
     backends: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     services: Mapping[str, ServiceSpec] = field(default_factory=dict)
     failover: FailoverSpec | None = None

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from checks import CheckResult, Status, format_duration, run_check
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
     EngineFactory = Callable[[GroupSettings, ServiceHooks], PairEngine]
 
 log = logging.getLogger("guardian")
+
+#: Shortest interval between probes of a service recovering from a restart (seconds).
+RECOVERY_PROBE_MIN = 0.05
 
 STALE_INTERVALS = 3
 
@@ -89,8 +93,12 @@ class ServiceRunner:
         self._pidfd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._ladder_lock = asyncio.Lock()
+        #: one per check loop, set after a restart: probe at once, then quickly until up
+        self._kicks: list[asyncio.Event] = []
         self.restart_count_total = 0
         self.last_restart_duration: float | None = None
+        self.timeline = sup.timeline.service(spec.name)
+        sup.metrics.state(spec.name, self.machine.state.value)
 
     # ------------------------------------------------------------ lifecycle
     def start(self, tg: asyncio.TaskGroup) -> None:
@@ -114,23 +122,34 @@ class ServiceRunner:
     async def _check_loop(self, rec: CheckRecord) -> None:
         # spread the first runs a little so checks do not all fire at once
         await asyncio.sleep(self.sup.rng.uniform(0, min(0.05, rec.spec.interval / 4)))
+        kick = asyncio.Event()
+        self._kicks.append(kick)
         next_run = self.clock()
         while True:
             result = await run_check(rec.spec.check, rec.spec.timeout)
             rec.result = result
             rec.received = self.clock()
             rec.runs += 1
+            self.sup.metrics.observe_probe(self.spec.name, rec.spec.name, rec.spec.check.kind,
+                                           result)
             if rec.spec.mode is Mode.OBSERVE and self.spec.mode is Mode.ACT:
                 if result.status is Status.CRITICAL:
                     log.info("%s: observe-only check %s: %s", self.spec.name, rec.spec.name,
                              result.detail)
             else:
                 self.post(Verdict(rec.spec.name, result.status, result.detail))
-            next_run += rec.spec.interval
+            interval = rec.spec.interval
+            if self.machine.state is ServiceState.RECOVERING:
+                # right after a restart: see it serve as soon as it does
+                interval = min(interval, max(RECOVERY_PROBE_MIN, interval / 5))
+            next_run += interval
             now = self.clock()
             if next_run < now:
                 next_run = now
-            await asyncio.sleep(next_run - now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(kick.wait(), next_run - now)
+                next_run = self.clock()
+            kick.clear()
 
     # ------------------------------------------------------------ machine
     async def _drive(self) -> None:
@@ -142,7 +161,13 @@ class ServiceRunner:
                 item: Input = await asyncio.wait_for(self.inbox.get(), timeout)
             except TimeoutError:
                 item = Tick()
-            actions = self.machine.transition(item, self.clock())
+            now = self.clock()
+            before = self.machine.state
+            actions = self.machine.transition(item, now)
+            try:
+                self.timeline.feed(item, before, actions, now)
+            except Exception:  # noqa: BLE001 - the record of an incident must not end it
+                log.exception("%s: incident journal failed", self.spec.name)
             for action in actions:
                 self._carry_out(action)
 
@@ -210,6 +235,8 @@ class ServiceRunner:
                 gone = (f"{self.controller.describe()} {st.state.value} right after the "
                         f"restart ({st.detail})")
         self.post(RestartFinished(True, detail))
+        for kick in self._kicks:   # probe the restarted service now, not at the next interval
+            kick.set()
         if gone is not None:
             self.post(UnitDown(gone))
 
@@ -390,7 +417,8 @@ class Supervisor:
 
     def __init__(self, spec: GuardianSpec, *, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, control: bool = True,
-                 engine_factory: EngineFactory | None = None) -> None:
+                 engine_factory: EngineFactory | None = None,
+                 journal: bool | None = None) -> None:
         self.spec = spec
         #: builds the failover groups' engines (tests pass one with a fake kernel)
         self.engine_factory = engine_factory
@@ -415,6 +443,20 @@ class Supervisor:
         self._spawned: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
         self.reloads = 0
+        from ._journal import Journal, MemoryJournal
+        from ._metrics import Metrics
+        from ._timeline import Timeline
+
+        #: incident journal (state_dir/journal; in memory only when ``journal`` is False,
+        #: which is the default for library use without the control socket), timeline
+        #: trackers and metrics
+        on_disk = control if journal is None else journal
+        self.journal = (Journal(Path(spec.state_dir) / "journal", clock=clock) if on_disk
+                        else MemoryJournal(clock=clock))
+        self.metrics = Metrics(_version())
+        self.metrics.watch_journal(self.journal)
+        self.timeline = Timeline(self.journal, self.metrics)
+        self._metrics_server: Any = None
         self.last_reload_error: str | None = None
 
     # ------------------------------------------------------------ public
@@ -428,6 +470,7 @@ class Supervisor:
                 server = ControlServer(self, self.spec.control_socket)
                 await server.start()
             self._apply(self.spec, first=True)
+            await self._serve_metrics()
             self.ready.set()
             notify("READY=1\nSTATUS=supervising "
                    f"{len(self.runners)} service(s)")
@@ -444,6 +487,9 @@ class Supervisor:
                     await b.aclose()
             if server is not None:
                 await server.close()
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
+            self.timeline.close(self.clock())
             # our own tasks only: another Supervisor may share the loop (library use)
             for task in list(self._spawned):
                 if task is not asyncio.current_task() and task.get_name().startswith(
@@ -452,6 +498,19 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _serve_metrics(self) -> None:
+        listen = self.spec.metrics_listen
+        if not listen:
+            return
+        from ._metrics import MetricsError
+
+        try:
+            self._metrics_server = await self.metrics.serve(
+                listen, allow_remote=self.spec.metrics_allow_remote)
+            log.info("metrics on %s", listen)
+        except MetricsError as exc:
+            log.error("metrics listener not started: %s", exc)
 
     def reload(self, spec: GuardianSpec) -> None:
         self._apply(spec, first=False)
@@ -472,6 +531,7 @@ class Supervisor:
             "config": list(self.spec.sources),
             "reloads": self.reloads,
             "last_reload_error": self.last_reload_error,
+            "journal": self.journal.stats(),
             "warnings": list(self.spec.warnings),
             "services": [self.runners[n].status() for n in self.spec.start_order()
                          if n in self.runners],
@@ -539,6 +599,7 @@ class Supervisor:
             if name not in new or new[name] is not runner:
                 if name not in new:
                     log.info("%s: removed from the configuration; no longer supervised", name)
+                    self.metrics.forget_service(name)
                 runner.stop()
         self.runners = new
         self.spec = spec
@@ -593,6 +654,9 @@ class Supervisor:
             engine = self.engine_factory(settings, hooks)
         else:
             engine = PairEngine(settings, services=hooks, clock=self.clock)
+        engine.observer = self.timeline.group(settings.group)
+        self.metrics.on_scrape(
+            lambda: self.metrics.pair_status(settings.group, engine.status()))
         for service, reason in self._failed_over.items():
             if service in settings.services:
                 engine.service_failed(service, reason)

@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sample-config", help="print a commented configuration for Apache, "
                    "BIND and Exim")
 
+    p_ev = sub.add_parser("events", help="the incident timeline from the journal")
+    p_ev.add_argument("--since", help='only records since then: "10m", "2h", "1d" ago, '
+                      'or a date/time like "2026-11-26 02:00"')
+    p_ev.add_argument("--service", help="one service or failover group")
+    p_ev.add_argument("--json", action="store_true", help="one JSON record per line")
+    p_ev.add_argument("--journal", type=Path, help="journal directory (default: "
+                      "state_dir/journal from the configuration)")
+
     sub.add_parser("import-heartbeat", add_help=False,
                    help="convert Heartbeat's ha.cf/haresources/authkeys into guardian TOML "
                         "(import-heartbeat --help for its options)")
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.config)
     if args.command == "status":
         return _status(args)
+    if args.command == "events":
+        return _events(args)
     if args.command == "switchover":
         return _switchover(args)
     if args.command == "check":
@@ -164,6 +174,23 @@ def _socket_path(args: argparse.Namespace) -> Path:
         return spec.control_socket
     except (ConfigErrors, ConfigError):
         return Path("/run/guardian/control.sock")
+
+
+def _events(args: argparse.Namespace) -> int:
+    from ._timeline import events_command
+
+    directory = args.journal
+    if directory is None:
+        try:
+            directory = config_mod.load(args.config).state_dir / "journal"
+        except (ConfigErrors, ConfigError):
+            directory = Path("/var/lib/guardian/journal")
+    try:
+        print(events_command(directory, args.since, args.service, args.json))
+    except ValueError as exc:
+        print(f"guardian events: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -176,6 +176,16 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
         g_values["log_target"] = gopts.choice("log_target", ("stderr", "journal"), "stderr")
         g_values["alert_command"] = tuple(gopts.convert("alert_command", _command, []))
         g_values["hook_timeout"] = gopts.duration("hook_timeout", 30.0)
+        g_values["metrics_listen"] = gopts.str("metrics_listen", "")
+        g_values["metrics_allow_remote"] = gopts.bool("metrics_allow_remote", False)
+        if g_values["metrics_listen"]:
+            from ._metrics import MetricsError, parse_listen
+
+            try:
+                parse_listen(g_values["metrics_listen"],
+                             allow_remote=g_values["metrics_allow_remote"])
+            except MetricsError as exc:
+                raise gopts.error("metrics_listen", str(exc)) from None
         gopts.finish()
     except ConfigError as exc:
         src = guardian_tbl.get(exc.path.split(".")[1] if "." in exc.path else "", (g_source,))[0]

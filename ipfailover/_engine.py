@@ -483,6 +483,16 @@ def _boot_drift() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME) - time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
+class FailoverObserver(Protocol):
+    """What the engine tells an observer (guardian's incident timeline)."""
+
+    def feed(self, actions: Sequence[Any], now: float) -> None: ...
+
+    def vips_configured(self, now: float) -> None: ...
+
+    def announced(self, now: float) -> None: ...
+
+
 class PairEngine:
     """One failover group on this node.  ``await run()`` (never raises; returns when
     shut down or refused); ``shutdown()`` releases, says goodbye and ends ``run``."""
@@ -499,6 +509,8 @@ class PairEngine:
     ) -> None:
         self.settings = settings
         self.name = settings.group
+        #: told about every step (guardian's incident timeline); never required
+        self.observer: FailoverObserver | None = None
         self.config = settings.pair_config()
         self.ops: VipOps = ops if ops is not None else KernelVipOps()
         self.services = services
@@ -779,6 +791,14 @@ class PairEngine:
             if due is not None and self.clock() >= due and not self._stopped():
                 await self._deliver(Tick(), None)
 
+    def _observe(self, method: str, *args: Any) -> None:
+        if self.observer is None:
+            return
+        try:
+            getattr(self.observer, method)(*args)
+        except Exception:  # noqa: BLE001 - a record of the failover must not stop it
+            log.exception("failover %s: observer %s failed", self.name, method)
+
     def _stopped(self) -> bool:
         return self.machine is not None and self.machine.state is S.STOPPED
 
@@ -788,7 +808,9 @@ class PairEngine:
         if isinstance(item, SwitchoverCommand):
             self._cmd_fut = fut
         try:
-            actions = m.transition(item, self.clock())
+            now = self.clock()
+            actions = m.transition(item, now)
+            self._observe("feed", actions, now)
             await self._carry_out(actions)
         finally:
             if fut is not None and not fut.done():
@@ -990,6 +1012,8 @@ class PairEngine:
         t_add = self.clock()
         results = await self._vip(self._add_and_announce, self.specs)
         now = self.clock()
+        self._observe("vips_configured", now)
+        self._observe("announced", now)
         failed = []
         for spec, lease in results:
             if isinstance(lease, int):

@@ -70,7 +70,7 @@ from ._errors import LabError, LabTimeout, SupervisorError
 from ._guardian import Guardiand
 from ._host import Host
 from ._lab import Lab
-from ._probes import http_get
+from ._probes import HttpResponse, http_get
 from ._render import SUPERVISOR_CONF
 from ._requirements import unavailable_reason
 from ._spec import CLIENT_IP
@@ -352,9 +352,11 @@ class OutageClock:
     """
 
     def __init__(self, client: Host, *, workers: int = POLL_WORKERS, gap: float = POLL_GAP,
-                 request_timeout: float = REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, stagger: float | None = None) -> None:
         self.workers = workers
         self.gap = gap
+        #: delay between the workers' first requests (default: gap / workers)
+        self.stagger = gap / workers if stagger is None else stagger
         self.request_timeout = request_timeout
         self.pool: ThreadPoolExecutor = client.executor(max_workers=workers)
 
@@ -362,9 +364,13 @@ class OutageClock:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def measure(self, ip: str, kill: Callable[[], None], is_new: Callable[[], bool],
-                timeout: float) -> tuple[float | None, str]:
+                timeout: float, *, accept: Callable[[HttpResponse], str | None] | None = None,
+                ) -> tuple[float | None, str]:
         """Run ``kill()`` and poll ``ip`` until HTTP 200 while ``is_new()``. Returns
-        (seconds, "") or (None, why) after ``timeout``."""
+        (seconds, "") or (None, why) after ``timeout``.
+
+        ``accept`` (used by the failover benchmark) judges a 200 response as well:
+        None accepts it, a text says why not (e.g. "served by vm01")."""
         go = threading.Event()
         done = threading.Event()
         lock = threading.Lock()
@@ -375,7 +381,7 @@ class OutageClock:
 
         def worker(k: int) -> None:
             go.wait()
-            if done.wait(k * self.gap / self.workers):  # staggered
+            if done.wait(k * self.stagger):  # staggered
                 return
             while not done.is_set() and time.monotonic() < deadline:
                 try:
@@ -384,14 +390,16 @@ class OutageClock:
                     last_error[0] = f"{type(exc).__name__}: {exc}"
                 else:
                     now = time.monotonic()
-                    if resp.status == 200 and is_new():
+                    refused = None if accept is None or resp.status != 200 else accept(resp)
+                    if resp.status == 200 and refused is None and is_new():
                         with lock:
                             if not first:
                                 first.append(now)
                         done.set()
                         return
-                    last_error[0] = f"HTTP {resp.status}" + \
-                        (" from the old process" if resp.status == 200 else "")
+                    last_error[0] = f"HTTP {resp.status}" + (
+                        "" if resp.status != 200 else
+                        f" ({refused})" if refused is not None else " from the old process")
                 done.wait(self.gap)
 
         futures = [self.pool.submit(worker, k) for k in range(self.workers)]

@@ -369,3 +369,60 @@ def test_status_command_in_the_vm(gvm: VM, start_guardiand: Callable[..., Guardi
     # the control socket is root-only
     mode = os.stat(g.socket).st_mode & 0o777
     assert mode == 0o600, oct(mode)
+
+
+def test_incident_timeline_and_metrics(
+    gclient: Host, gvm: VM, start_guardiand: Callable[..., Guardiand]
+) -> None:
+    """SIGKILL apache2: the journal's timeline has the incident, its phases add up
+    to the outage the client saw (give or take a probe interval), and a scrape of the
+    metrics endpoint parses and counts the restart."""
+    import json
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    config = make_config().replace(
+        'hook_timeout = "5s"\n', 'hook_timeout = "5s"\nmetrics_listen = "127.0.0.1:9817"\n')
+    g = start_guardiand(config)
+    g.wait_state("apache2", "up")
+    old = gvm.pid("apache2")
+    assert old is not None
+    t0, wall0 = time.monotonic(), time.time()
+    gvm.signal("apache2", signal.SIGKILL, group=True)
+    outage = serving_again(gclient, gvm, "apache2", old, timeout=10)
+    g.wait_state("apache2", "up", timeout=10)
+
+    out = g.cli("events", "--service", "apache2", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    # the VM's journal survives guardiand restarts: earlier tests' incidents are there too
+    done = [i for i in doc["incidents"] if not i["open"] and i["start"] >= wall0 - 0.1]
+    assert len(done) == 1, doc
+    kinds = [r["kind"] for r in done[0]["records"]]
+    for kind in ("unit_down", "restart_issued", "restart_done", "recovered"):
+        assert kind in kinds, kinds
+    from guardian._timeline import phases
+
+    ph = phases(done[0]["records"])
+    assert done[0]["phases"]["total"] == ph.total
+    parts = ph.detect + ph.decide + ph.act + ph.serving
+    assert abs(parts - ph.total) < 1e-6, ph
+    # guardian's "serving again" is its first OK probe after the restart (probes run
+    # at once after a restart, then every interval/5 until up): close to the client's
+    assert abs(ph.total - outage) < 0.4, (ph, outage)
+    text = g.cli("events").stdout
+    assert "apache2" in text and "restart" in text
+    print(f"outage seen by the client {outage:.3f} s; timeline {ph}; "
+          f"{time.monotonic() - t0:.1f} s in all")
+
+    def scrape() -> str:
+        with urllib.request.urlopen("http://127.0.0.1:9817/metrics", timeout=2) as resp:
+            return str(resp.read().decode())
+
+    body = gvm.call(scrape)
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    restarts = [s for s in families["guardian_restarts"].samples
+                if s.name == "guardian_restarts_total" and s.labels.get("service") == "apache2"]
+    assert restarts and sum(s.value for s in restarts) >= 1, restarts
+    assert "guardian_probe_duration_seconds" in families

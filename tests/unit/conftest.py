@@ -293,3 +293,21 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
                 sd.proc.kill()
                 sd.proc.wait(5.0)
             shutil.rmtree(sd.dir, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _private_journal(tmp_path_factory: pytest.TempPathFactory,
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Supervisor built on a config without ``state_dir`` journals to
+    /var/lib/guardian/journal: in the unit tier, to a temporary directory instead."""
+    from guardian import _journal
+
+    real = _journal.Journal
+
+    class TestJournal(real):  # type: ignore[misc,valid-type]
+        def __init__(self, directory: Any, **kwargs: Any) -> None:
+            if str(directory).startswith("/var/lib/guardian"):
+                directory = tmp_path_factory.mktemp("journal")
+            super().__init__(directory, **kwargs)
+
+    monkeypatch.setattr(_journal, "Journal", TestJournal)
