@@ -550,15 +550,15 @@ def test_reload_by_diff_keeps_unchanged_services(
             assert fresh["checks"][0]["interval"] == 0.2
             await until(lambda: in_state(sup, "app", "up"), 5.0, "app up again", show)
             # the old runner's tasks are gone
-            await asyncio.sleep(0)
-            assert all(t.done() for t in app_runner._tasks)
+            await until(lambda: all(t.done() for t in app_runner._tasks), 2.0,
+                        "the old runner's tasks to end", show)
 
             # a service removed from the configuration is no longer supervised
             sup.reload(spec_with("200ms", with_app=False))
             assert [s["name"] for s in sup.status()["services"]] == ["web"]
             assert sup.runners["web"] is web_runner
-            await asyncio.sleep(0)
-            assert all(t.done() for t in new_app._tasks)
+            await until(lambda: all(t.done() for t in new_app._tasks), 2.0,
+                        "the removed runner's tasks to end", show)
             assert sd.info("app")["statename"] == "RUNNING"   # not stopped, just unwatched
 
     asyncio.run(scenario())
