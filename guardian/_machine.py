@@ -112,6 +112,7 @@ class Machine:
         self.counters: dict[str, CheckCounters] = {
             c.name: CheckCounters() for c in self.spec.checks}
         self.restarts: list[float] = []       # times of restarts, for the budget window
+        self.shadow_restarts: list[float] = []  # observe mode: restarts it would have made
         self.incident_restarts = 0            # restarts in the current incident (for backoff)
         self.incident_start: float | None = None
         self.ladder_done = False
@@ -247,10 +248,15 @@ class Machine:
             if self._is_up():
                 self._recovered(now, out)
             elif not self.deps_down:
-                if self._is_down() or self._any_failing():
+                if self.unit_dead:
                     self._on_failure(now, f"dependency back; {self._why()}", out)
                 else:
-                    self._set(S.RECOVERING, now, "dependency back", out)
+                    # it failed because of its dependency, most likely: now that the
+                    # dependency is back, give it the start grace to recover by itself
+                    # (exim answers again once named does) before restarting it
+                    self._reset_counters()
+                    self._set(S.RECOVERING, now, "dependency back; waiting for it to "
+                              "recover by itself", out)
                     self.grace_end = now + self.spec.start_grace
         elif s is S.EXHAUSTED:
             if self._is_up():
@@ -306,9 +312,28 @@ class Machine:
             self._block(now, out)
             return
         if self.spec.mode is Mode.OBSERVE:
-            self.would_do += 1
-            out.append(WouldDo("restart", reason))
-            self._set(ServiceState.FAILING, now, f"observe mode, would restart: {reason}", out)
+            # shadow mode: the whole policy is evaluated (budget, window, ladder) on
+            # restarts that are only counted (shadow_restarts), never made
+            policy = self.spec.restart
+            cutoff = now - policy.window
+            self.shadow_restarts = [t for t in self.shadow_restarts if t > cutoff]
+            if len(self.shadow_restarts) < policy.budget:
+                self.shadow_restarts.append(now)
+                whats = ["restart"]
+                note = f"would restart ({len(self.shadow_restarts)}/{policy.budget})"
+            elif not self.ladder_done:
+                self.ladder_done = True
+                whats = [step.action.value for step in self.spec.ladder] or ["nothing"]
+                note = (f"budget would be spent ({policy.budget} in "
+                        f"{format_duration(policy.window)}): would run the ladder "
+                        f"({', '.join(whats)})")
+            else:
+                whats = []
+                note = "budget would be spent and the ladder run: would retry slowly"
+            for what in whats:
+                self.would_do += 1
+                out.append(WouldDo(what, reason))
+            self._set(ServiceState.FAILING, now, f"observe mode, {note}: {reason}", out)
             self._reset_counters()
             self.unit_dead = False
             return

@@ -174,6 +174,11 @@ class Metrics:
             "guardian_ladder_rungs_total",
             "Ladder rungs run after the restart budget was spent, by action.",
             ["service", "action"], registry=r)
+        self.would_do_total = Counter(
+            "guardian_would_do_total",
+            "Shadow mode: what guardian would have done (restart, ladder actions) for a "
+            "service or an observe-only check, had it not been only observing.",
+            ["service", "action", "check"], registry=r)
         self.service_state = Gauge(
             "guardian_service_state",
             "1 for the state each service is in, 0 for the others.",
@@ -234,6 +239,11 @@ class Metrics:
 
     def ladder(self, service: str, action: str) -> None:
         self.ladder_rungs.labels(service, action).inc()
+
+    def would_do(self, service: str, action: str, check: str = "") -> None:
+        """Shadow mode: ``action`` not done; ``check`` when one observe-only check
+        alone would have caused it ("" for a whole service in observe mode)."""
+        self.would_do_total.labels(service, action, check).inc()
 
     def state(self, service: str, state: str) -> None:
         """One-hot: ``state`` gets 1, every other known state of ``service`` 0."""

@@ -16,7 +16,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,8 @@ log = logging.getLogger("guardian")
 
 #: Shortest interval between probes of a service recovering from a restart (seconds).
 RECOVERY_PROBE_MIN = 0.05
+#: How many results (with transcripts) each check keeps for ``guardian status SERVICE``.
+RECENT_RESULTS = 5
 
 STALE_INTERVALS = 3
 
@@ -61,6 +63,13 @@ class CheckRecord:
     result: CheckResult | None = None
     received: float = 0.0
     runs: int = 0
+    #: the last few results with their transcripts, newest last: (received, result)
+    recent: deque[tuple[float, CheckResult]] = field(
+        default_factory=lambda: deque(maxlen=RECENT_RESULTS))
+    #: shadow mode (an observe-only check): consecutive CRITICALs and how often the
+    #: check alone would have brought the service down (fall reached)
+    shadow_fails: int = 0
+    would_fail: int = 0
 
     def stale(self, now: float) -> bool:
         if self.result is None:
@@ -130,12 +139,11 @@ class ServiceRunner:
             rec.result = result
             rec.received = self.clock()
             rec.runs += 1
+            rec.recent.append((rec.received, result))
             self.sup.metrics.observe_probe(self.spec.name, rec.spec.name, rec.spec.check.kind,
                                            result)
             if rec.spec.mode is Mode.OBSERVE and self.spec.mode is Mode.ACT:
-                if result.status is Status.CRITICAL:
-                    log.info("%s: observe-only check %s: %s", self.spec.name, rec.spec.name,
-                             result.detail)
+                self._shadow(rec, result)
             else:
                 self.post(Verdict(rec.spec.name, result.status, result.detail))
             interval = rec.spec.interval
@@ -150,6 +158,26 @@ class ServiceRunner:
                 await asyncio.wait_for(kick.wait(), next_run - now)
                 next_run = self.clock()
             kick.clear()
+
+    def _shadow(self, rec: CheckRecord, result: CheckResult) -> None:
+        """An observe-only check: judged like the others, acted on never."""
+        if result.status is not Status.CRITICAL:
+            rec.shadow_fails = 0
+            return
+        rec.shadow_fails += 1
+        if rec.shadow_fails == self.spec.fall:
+            rec.would_fail += 1
+            log.warning("%s: observe-only check %s would have failed the service "
+                        "(%d/%d CRITICAL: %s); nothing done", self.spec.name, rec.spec.name,
+                        rec.shadow_fails, self.spec.fall, result.detail)
+            self.sup.metrics.would_do(self.spec.name, "restart", rec.spec.name)
+            self.timeline.journal.append(
+                "would_do", f"observe-only check {rec.spec.name} would have failed the "
+                f"service: {result.detail}", now=rec.received, service=self.spec.name,
+                would="restart", check=rec.spec.name)
+        else:
+            log.info("%s: observe-only check %s: %s", self.spec.name, rec.spec.name,
+                     result.detail)
 
     # ------------------------------------------------------------ machine
     async def _drive(self) -> None:
@@ -206,6 +234,7 @@ class ServiceRunner:
             self.sup.spawn(self._run_step(action), f"ladder:{name}:{action.step.action.value}")
         elif isinstance(action, WouldDo):
             log.warning("%s: observe mode: would %s: %s", name, action.what, action.reason)
+            self.sup.metrics.would_do(name, action.what)
 
     async def _restart(self, action: Restart) -> None:
         started = self.clock()
@@ -370,6 +399,11 @@ class ServiceRunner:
                 "runs": rec.runs,
                 "interval": rec.spec.interval,
                 "mode": rec.spec.mode.value,
+                "would_fail": rec.would_fail,
+                "recent": [
+                    {"ago": round(now - at, 3), "status": r.status.value, "detail": r.detail,
+                     "duration": round(r.duration, 6), "transcript": list(r.transcript)}
+                    for at, r in rec.recent],
             })
         verdict = "UNKNOWN"
         fresh = [c for c in checks if c["status"] is not None and not c["stale"]]

@@ -349,8 +349,18 @@ def format_service_detail(s: dict[str, Any]) -> str:
     lines.append("  checks:")
     for c in s["checks"]:
         stale = " STALE" if c["stale"] else ""
+        shadow = (f"  [observe only: would have failed the service {c['would_fail']} "
+                  "time(s)]" if c.get("mode") == "observe" and s["mode"] == "act" else "")
         lines.append(f"    {c['name']:<10} {c['status'] or 'PENDING':<8} {_age(c['age']):>7} ago"
-                     f"{stale}  {c['detail'] or c['target']}")
+                     f"{stale}  {c['detail'] or c['target']}{shadow}")
+    transcripts = [(c["name"], r) for c in s["checks"] for r in c.get("recent", [])
+                   if r.get("transcript")]
+    if transcripts:
+        lines.append("  recent probes (newest last):")
+        for name, r in transcripts:
+            lines.append(f"    {name} {_age(r['ago'])} ago: {r['status']} in "
+                         f"{_age(r['duration'])}: {r['detail']}")
+            lines.extend(f"      {t}" for t in r["transcript"][:12])
     if s["history"]:
         lines.append("  recent transitions:")
         for h in s["history"]:

@@ -112,6 +112,7 @@ class Demo:
     def fault(self, title: str, service: str, sig: signal.Signals) -> None:
         """Signal the service's process group; show the outage and guardiand's log."""
         banner(title)
+        wall0 = time.time()
         old = self.vm.pid(service)
         self.vm.signal(service, sig, group=True)
         self.outage(service, old)
@@ -122,6 +123,23 @@ class Demo:
                 pass
         self.settle(service)
         self.show_log()
+        self.show_timeline(wall0)
+
+    def show_timeline(self, since_wall: float) -> None:
+        """The incident(s) since then, from guardiand's journal (`guardian events`)."""
+        import json
+
+        from guardian._timeline import format_timeline
+
+        out = self.g.cli("events", "--json")
+        if out.returncode != 0:
+            say(f"   (guardian events failed: {out.stderr.strip()})")
+            return
+        for inc in json.loads(out.stdout)["incidents"]:
+            if inc["start"] >= since_wall - 0.1:
+                say("   $ guardian events   (the incident's timeline from the journal)")
+                for ln in format_timeline(inc["records"]).splitlines():
+                    say("     " + ln)
 
     def settle(self, *services: str) -> None:
         for s in services or ("apache2", "named", "exim4"):
@@ -159,6 +177,7 @@ def run(keep: bool) -> int:
         demo.fault("3. SIGKILL exim4", "exim4", signal.SIGKILL)
 
         banner("4. apache2's config broken, then it crashes: restarts cannot help")
+        wall4 = time.time()
         vm.break_apache_config()
         vm.signal("apache2", signal.SIGKILL, group=True)
         entry = g.wait_state("apache2", "exhausted", timeout=60)
@@ -173,6 +192,7 @@ def run(keep: bool) -> int:
                                                else "NOT within 90 s"))
         demo.settle("apache2")
         demo.show_log()
+        demo.show_timeline(wall4)
 
         banner("final status")
         demo.status()

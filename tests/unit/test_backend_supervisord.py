@@ -214,6 +214,14 @@ def test_restart_kills_a_program_that_ignores_the_stop_signal(
     stubborn = supervisord.controller("stubborn", kill_after="300ms")
     run(stubborn.start(soon()))
     old = wait_for(lambda: supervisord.info("stubborn")["pid"], 5.0, "stubborn's pid")
+
+    def ignoring() -> bool:   # the trap is set once the shell has exec'd sleep
+        try:
+            return Path(f"/proc/{old}/comm").read_text().strip() == "sleep"
+        except OSError:
+            return False
+
+    wait_for(ignoring, 5.0, "stubborn to ignore SIGTERM")
     t0 = time.monotonic()
     run(stubborn.restart(soon(15)))
     took = time.monotonic() - t0

@@ -172,9 +172,21 @@ def test_dependency_down_blocks_instead_of_restarting() -> None:
         (3.0, BAD, S.FAILING, []),
         (4.0, BAD, S.BLOCKED, []),
         (5.0, BAD, S.BLOCKED, []),
-        (6.0, DepsChanged(()), S.RESTARTING, [Restart]),
+        # the dependency is back: the start grace to recover by itself, then a restart
+        (6.0, DepsChanged(()), S.RECOVERING, []),
+        (7.0, BAD, S.RECOVERING, []),
+        (8.0, BAD, S.RECOVERING, []),
     ])
+    grace_end = 6.0 + m.spec.start_grace
+    run(m, [(grace_end + 0.1, BAD, S.RESTARTING, [Restart])])
     assert "db" not in m.reason
+
+
+def test_dead_dependent_is_restarted_when_its_dependency_is_back() -> None:
+    m = up_machine()
+    run(m, [(2.0, DepsChanged(("db",)), S.UP, []),
+             (3.0, UnitDown("gone"), S.BLOCKED, []),
+             (4.0, DepsChanged(()), S.RESTARTING, [Restart])])
 
 
 def test_blocked_service_that_recovers_with_its_dependency() -> None:
@@ -224,3 +236,23 @@ def test_jitter_spreads_backoff_deterministically() -> None:
 def test_policy_delay_sequence() -> None:
     pol = RestartPolicy(backoff=0.5, factor=3, backoff_max=10)
     assert [pol.delay(k) for k in range(5)] == [0.0, 0.5, 1.5, 4.5, 10.0]
+
+
+def test_observe_mode_evaluates_budget_and_ladder() -> None:
+    """Shadow mode runs the whole policy on would-be restarts: once the budget would
+    be spent, it reports the ladder it would run, once per incident."""
+    m = Machine(spec(mode=Mode.OBSERVE, restart=RestartPolicy(budget=2, window=300),
+                     ladder=(LadderStep(LadderAction.FAILOVER), LadderStep(LadderAction.ALERT))),
+                0.0)
+    m.transition(OK, 0.5)
+    m.transition(OK, 1.0)
+    whats: list[str] = []
+    t = 2.0
+    for _ in range(10):
+        for action in m.transition(BAD, t):
+            if isinstance(action, WouldDo):
+                whats.append(action.what)
+        t += 1.0
+    assert whats == ["restart", "restart", "failover", "alert"]
+    assert m.budget_used == 0 and m.would_do == 4
+    assert "would run the ladder (failover, alert)" in m.reason or "retry slowly" in m.reason
