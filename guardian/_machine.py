@@ -109,8 +109,11 @@ class Machine:
         self.state = ServiceState.STARTING
         self.since = self.now
         self.reason = "guardian started"
+        # observe-only checks (in a service that acts) are judged by the supervisor
+        # on their own and never reach this machine
         self.counters: dict[str, CheckCounters] = {
-            c.name: CheckCounters() for c in self.spec.checks}
+            c.name: CheckCounters() for c in self.spec.checks
+            if c.mode is Mode.ACT or self.spec.mode is Mode.OBSERVE}
         self.restarts: list[float] = []       # times of restarts, for the budget window
         self.shadow_restarts: list[float] = []  # observe mode: restarts it would have made
         self.incident_restarts = 0            # restarts in the current incident (for backoff)

@@ -165,11 +165,13 @@ class ServiceRunner:
             rec.shadow_fails = 0
             return
         rec.shadow_fails += 1
-        if rec.shadow_fails == self.spec.fall:
+        if rec.shadow_fails >= self.spec.fall:
+            # as the service would have been restarted here, count afresh after it
+            rec.shadow_fails = 0
             rec.would_fail += 1
             log.warning("%s: observe-only check %s would have failed the service "
-                        "(%d/%d CRITICAL: %s); nothing done", self.spec.name, rec.spec.name,
-                        rec.shadow_fails, self.spec.fall, result.detail)
+                        "(%d CRITICAL in a row: %s); nothing done", self.spec.name,
+                        rec.spec.name, self.spec.fall, result.detail)
             self.sup.metrics.would_do(self.spec.name, "restart", rec.spec.name)
             self.timeline.journal.append(
                 "would_do", f"observe-only check {rec.spec.name} would have failed the "
