@@ -26,6 +26,7 @@ run_tier() {
 run_tier "unit tier" tests -m "not lab and not bench" -q
 if [ "$(id -u)" -eq 0 ]; then
     run_tier "lab tier" tests -m "lab and not bench" -q
+    run_tier "deb tier" tests/packaging -m deb -q
 else
     echo "=== lab tier skipped: needs root ==="
 fi
