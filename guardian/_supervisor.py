@@ -690,7 +690,11 @@ class Supervisor:
             engine = self.engine_factory(settings, hooks)
         else:
             engine = PairEngine(settings, services=hooks, clock=self.clock)
-        engine.observer = self.timeline.group(settings.group)
+        # a takeover's incident ends at the convergence proof when the engine checks it
+        # (set on every engine: a reload may have changed ``verify``)
+        tracker = self.timeline.group(settings.group)
+        tracker.convergence = bool(getattr(engine, "verify_pairs", ()))
+        engine.observer = tracker
         self.metrics.on_scrape(
             lambda: self.metrics.pair_status(settings.group, engine.status()))
         for service, reason in self._failed_over.items():
@@ -774,8 +778,36 @@ class Supervisor:
                 return
             controller = self._backend(sspec.backend, self.spec).controller(
                 name, Options(dict(sspec.controller_options), f"services.{name}", sspec.source))
-        await controller.stop(self.clock() + timeout)
-        log.info("%s: cold service stopped (its failover group released the VIPs)", name)
+        try:
+            await controller.stop(self.clock() + timeout)
+            log.info("%s: cold service stopped (its failover group released the VIPs)", name)
+        finally:
+            self._cold_released(name)
+
+    def _cold_released(self, name: str) -> None:
+        if name in self._failed_over:
+            self.spawn(self._standby_again(name), f"failover:{name}:standby")
+
+    async def _standby_again(self, name: str) -> None:
+        """A cold service does not run on a backup: once its failure has sent the VIPs
+        to the peer, that failure says nothing about this node's fitness to take them
+        back later (the service is started afresh on the next takeover).  So leave
+        FAULT for BACKUP when the peer is master; if the peer never takes over, retry
+        here after the service's ``exhausted_retry`` (a slow retry, not a flap)."""
+        spec = self.spec.services.get(name)
+        hold = max(5.0, spec.restart.exhausted_retry if spec is not None else 60.0)
+        engines = [e for e in self.engines.values() if name in e.settings.services]
+        deadline = self.clock() + hold
+        while self.clock() < deadline:
+            if engines and all(
+                    (e.status().get("peer") or {}).get("state") == "master" for e in engines):
+                break
+            await asyncio.sleep(0.05)
+        if self._failed_over.pop(name, None) is None:
+            return
+        log.info("%s: failed over and stopped here; this node is a standby again", name)
+        for engine in engines:
+            engine.service_recovered(name)
 
     async def _wait_cold(self, name: str, timeout: float) -> bool:
         deadline = self.clock() + timeout

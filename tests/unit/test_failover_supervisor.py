@@ -131,3 +131,39 @@ def test_ladder_failover_rung_moves_the_vip_and_recovery_returns(tmp_path: Path)
         assert lan.overlaps == []
 
     asyncio.run(scenario())
+
+
+def test_cold_service_failure_leaves_a_standby_not_a_fault_for_good(tmp_path: Path) -> None:
+    """A cold (master-only) tracked service fails: the VIP moves to the peer, which
+    starts it there; this node stops it and, though the service would still fail
+    here, becomes a standby again rather than staying FAULT forever."""
+    (tmp_path / "failover.key").write_text(KEY)
+    (tmp_path / "failover.key").chmod(0o600)
+    flag = tmp_path / "broken"
+    port = free_port()
+    lan = FakeLan()
+
+    def cold(node: str, peer: str, priority: int) -> str:
+        return toml(node, peer, port, tmp_path, flag, priority).replace(
+            'services = ["web"]\n', 'services = ["web"]\ncold = ["web"]\ncold_timeout = "2s"\n')
+
+    spec1 = config.loads(cold("vm01", "vm02", 150), "vm01.toml")
+    spec2 = config.loads(cold("vm02", "vm01", 100), "vm02.toml")
+
+    async def scenario() -> None:
+        async with running(spec1, lan, "vm01") as s1, running(spec2, lan, "vm02") as s2:
+            await until(lambda: group(s1)["state"] == "master"
+                        and group(s2)["state"] == "backup", 5, "vm01 master")
+            await until(lambda: "web" in s1.runners and "web" not in s2.runners, 5,
+                        "web supervised on the master only (cold)")
+            flag.with_suffix(".vm01").touch()     # web fails on vm01, for good
+            await until(lambda: group(s2)["state"] == "master", 5, "vm02 master")
+            await until(lambda: "web" in s2.runners and "web" not in s1.runners, 5,
+                        "web moved with the VIP",
+                        lambda: {"s1": list(s1.runners), "s2": list(s2.runners),
+                                 "g1": group(s1)["state"], "g2": group(s2)["state"]})
+            await until(lambda: group(s1)["state"] == "backup", 5, "vm01 a standby again")
+            await until(lambda: lan.holders.get("192.0.2.100") == {"vm02"}, 2, "on vm02")
+            assert lan.overlaps == []
+
+    asyncio.run(scenario())
