@@ -324,6 +324,22 @@ def format_failover(g: dict[str, Any]) -> list[str]:
     if lt:
         lines.append(f"  last:       {lt['from']} -> {lt['to']} {_age(lt['age'])} ago: "
                      f"{lt['reason']}")
+    tk = g.get("last_takeover")
+    if tk:
+        cold = f" (cold services {tk['services_s']:.3f} s)" if tk.get("services_s") else ""
+        lines.append(f"  takeover:   {_age(tk.get('age'))} ago, VIPs up and announced in "
+                     f"{tk.get('vips_s', 0) * 1000:.1f} ms{cold}: {tk.get('reason', '')}")
+    lc = g.get("last_convergence")
+    if lc:
+        rounds = (f"{lc.get('rounds', 0)} round(s), {lc.get('reannounced', 0)} "
+                  "re-announcement(s)")
+        if lc.get("ok"):
+            lines.append(f"  converged:  {lc['seconds'] * 1000:.1f} ms after the first "
+                         f"announcement ({', '.join(lc.get('confirmed', []))}; {rounds}), "
+                         f"{_age(lc.get('age'))} ago")
+        else:
+            lines.append(f"  converged:  NOT SHOWN ({', '.join(lc.get('missing', []))}; "
+                         f"{rounds}), {_age(lc.get('age'))} ago")
     drops = g.get("drops") or {}
     if drops:
         lines.append("  dropped:    " + ", ".join(f"{k} {v}" for k, v in drops.items()))

@@ -636,6 +636,9 @@ def _parse_group(name: str, source: str, tbl: Any, *, node: str, key_file: str, 
     announce_interval = opts.duration("announce_interval", 0.1)
     announce_refresh = opts.duration("announce_refresh", 10.0)
     track_interface = opts.bool("track_interface", True)
+    verify_explicit = "verify" in opts
+    verify = tuple(opts.convert("verify", _ip_list, list(ping)))
+    verify_timeout = opts.duration("verify_timeout", 1.0)
     opts.finish()
 
     if peer == node:
@@ -663,7 +666,8 @@ def _parse_group(name: str, source: str, tbl: Any, *, node: str, key_file: str, 
             raise popts.error("peer", "the same path is listed twice")
         paths.append(PathSettings(local, remote, pif))
     for key, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout),
-                       ("notify_timeout", notify_timeout), ("cold_timeout", cold_timeout)):
+                       ("notify_timeout", notify_timeout), ("cold_timeout", cold_timeout),
+                       ("verify_timeout", verify_timeout)):
         if value <= 0:
             raise opts.error(key, "must be longer than 0")
     if announce_interval > 10:
@@ -685,6 +689,7 @@ def _parse_group(name: str, source: str, tbl: Any, *, node: str, key_file: str, 
         ping_timeout=ping_timeout, notify=notify, notify_timeout=notify_timeout,
         announce_count=announce_count, announce_interval=announce_interval,
         announce_refresh=announce_refresh, track_interface=track_interface,
+        verify=verify, verify_timeout=verify_timeout,
     )
     try:
         g.pair_config()
@@ -704,6 +709,15 @@ def _parse_group(name: str, source: str, tbl: Any, *, node: str, key_file: str, 
         warnings.append(f"{source}: {path}.init_dead: {format_duration(init_dead)} is shorter "
                         f"than 3 intervals: a starting node may take the VIPs before it "
                         "hears a live master")
+    if verify_timeout > 60:
+        raise opts.error("verify_timeout", "must be at most 1m")
+    vip_ips = {v.ip for v in vips}
+    for i, ip in enumerate(verify):
+        if ip in vip_ips:
+            raise ConfigError(source, f"{path}.verify[{i}]", f"{ip} is one of the VIPs")
+        if verify_explicit and not any(v.ip.version == ip.version for v in vips):
+            warnings.append(f"{source}: {path}.verify: {ip} has no VIP of its family "
+                            "to check")
     if ping_timeout > ping_interval:
         warnings.append(f"{source}: {path}.ping_timeout is longer than ping_interval")
     for svc in tracked:

@@ -32,6 +32,14 @@ One ``PairEngine`` per failover group, an asyncio task in guardian's TaskGroup
   When a peer we declared dead talks again while we are master, we announce again:
   a resumed VM may have re-pointed clients at itself before it released (a reply
   from the VIP makes its kernel ask the client for its MAC with the VIP as sender).
+* **Verified takeover** (``verify``: observers such as the gateway or clients).
+  After the first announcement, a task asks each observer whether it maps each VIP
+  of its family to us (``VipOps.converged``: an ARP request / NS from the VIP, one
+  short job on the address thread per probe); a round that leaves one unconvinced
+  is followed by another announcement and a round twice as long (50 ms, 100, 200,
+  ...) until ``verify_timeout``.  The outcome goes to the observer (``converged``)
+  and to ``status()["last_convergence"]``; it never delays the first announcement,
+  the loop or the heartbeats, and the VIPs stay either way.
 * **Health.**  ``LocalHealth`` is the sum of: tracked services whose ladder ran its
   ``failover`` rung (until they are up again), carrier on the VIP interface
   (``track_interface``; when it comes back, healthy only ``init_dead`` later, so the
@@ -97,7 +105,7 @@ from ._machine import (
     TakeVIPs,
     Tick,
 )
-from ._settings import GroupSettings, PathSettings
+from ._settings import GroupSettings, IPAddress, PathSettings
 from ._states import PairState
 from ._vip import VipSpec
 from ._wire import Endpoint, Generation, KeyRing
@@ -113,6 +121,9 @@ VIP_TIMEOUT = 2.0
 VIP_FAILURE_HOLD = 10.0
 #: consecutive failed ping rounds before the ping nodes count as unreachable
 PING_FALL = 3
+#: verified takeover: the first round's wait for the observers' answers; each round
+#: that leaves one unconvinced re-announces and waits twice as long (up to verify_timeout)
+VERIFY_FIRST_WAIT = 0.05
 
 # ---------------------------------------------------------------- the kernel side
 
@@ -143,6 +154,9 @@ class VipOps(Protocol):
 
     def carrier(self, interface: str) -> bool | None:
         """Carrier of ``interface``; None if there is no such interface."""
+
+    def converged(self, spec: VipSpec, observer: IPAddress, timeout: float) -> bool:
+        """Has ``observer`` shown (within ``timeout``) that it maps ``spec`` to us?"""
 
 
 class KernelVipOps:
@@ -192,6 +206,11 @@ class KernelVipOps:
         from ._announce import announce
 
         announce(spec, count=1)
+
+    def converged(self, spec: VipSpec, observer: IPAddress, timeout: float) -> bool:
+        from ._announce import converged
+
+        return converged(spec, observer, timeout=timeout)
 
     def carrier(self, interface: str) -> bool | None:
         from ._vip import InterfaceNotFound, link_info
@@ -492,6 +511,8 @@ class FailoverObserver(Protocol):
 
     def announced(self, now: float) -> None: ...
 
+    def converged(self, now: float, ok: bool, detail: str = "") -> None: ...
+
 
 class PairEngine:
     """One failover group on this node.  ``await run()`` (never raises; returns when
@@ -557,6 +578,11 @@ class PairEngine:
         self._saved_known: dict[str, int] = {}
         self.history: collections.deque[Transition] = collections.deque(maxlen=20)
         self.last_takeover: dict[str, Any] | None = None
+        self.last_convergence: dict[str, Any] | None = None
+        #: (VIP, observer) pairs checked after each takeover (``verify``)
+        self.verify_pairs: tuple[tuple[VipSpec, IPAddress], ...] = tuple(
+            (spec, obs) for spec in self.specs for obs in settings.verify
+            if obs.version == spec.version and obs != spec.address)
         self.notify_runs = 0
         self.notify_failures = 0
         self.notify_last_error: str | None = None
@@ -872,10 +898,12 @@ class PairEngine:
                         level = logging.ERROR
                     log.log(level, "failover %s: %s: %s", self.name, a.kind, a.detail)
                     m = self.machine
-                    if (a.kind == "peer-alive" and m is not None and m.holding
-                            and m.state is S.MASTER):
+                    if (a.kind in ("peer-alive", "peer-back") and m is not None
+                            and m.holding and m.state is S.MASTER):
                         # The peer we declared dead is back (a paused VM, a healed
-                        # partition).  Until it released the VIPs its kernel may have
+                        # partition; "peer-back": silent long enough to have
+                        # declared us dead, while we never declared it dead).  Until
+                        # it released the VIPs its kernel may have
                         # answered for them, or asked a client for its MAC with a VIP
                         # as sender -- which re-points that client at the peer.  The
                         # announcement rounds after its release set them right.
@@ -1040,6 +1068,95 @@ class PairEngine:
                 VIP_FAILURE_HOLD, self._clear_failure, "vip")
         if st.announce_count > 1:
             self._spawn(self._announce_rounds(token, st.announce_count - 1), "announce")
+        if self.verify_pairs:
+            added = {spec for spec, lease in results if isinstance(lease, int)}
+            pairs = [(spec, obs) for spec, obs in self.verify_pairs if spec in added]
+            self._spawn(self._verify(token, pairs, now, t0), "verify")
+
+    async def _verify(self, token: int, pairs: list[tuple[VipSpec, IPAddress]],
+                      t_announced: float, t_take: float) -> None:
+        """Verified takeover: ask each observer whether it maps the VIP to us
+        (``VipOps.converged``, which also makes it do so); after a round that leaves
+        one unconvinced, announce again and wait twice as long; give up at
+        ``verify_timeout`` after the first announcement.  Each probe is one short job
+        on the address thread (a release queued meanwhile waits for one probe at
+        most, and no probe is sent after the release was asked for)."""
+        st = self.settings
+        deadline = t_announced + st.verify_timeout
+        pending = list(pairs)
+        wait = VERIFY_FIRST_WAIT
+        rounds = reannounced = 0
+        while pending:
+            rounds += 1
+            round_start = self.clock()
+            for spec, obs in list(pending):
+                left = deadline - self.clock()
+                if left <= 0:
+                    break
+                probe = max(0.005, min(wait, left))
+                ok = await self._vip(self._probe, token, spec, obs, probe,
+                                     timeout=probe + VIP_TIMEOUT)
+                if token != self._take_token:
+                    return  # released meanwhile: nothing to record
+                if ok:
+                    pending.remove((spec, obs))
+            now = self.clock()
+            if not pending or now >= deadline:
+                break
+            rest = min(wait - (now - round_start), deadline - now)
+            if rest > 0:  # the probes failed at once (no answer to wait for)
+                await asyncio.sleep(rest)
+            if token != self._take_token:
+                return
+            await self._vip(self._announce_held, token, sorted({s for s, _ in pending},
+                                                               key=str))
+            reannounced += 1
+            wait *= 2
+        if token != self._take_token:
+            return
+        now = self.clock()
+        ok = not pending and bool(pairs)
+        confirmed = [(s, o) for s, o in pairs if (s, o) not in pending]
+        self.last_convergence = {
+            "ok": ok,
+            "seconds": round(now - t_announced, 6) if ok else None,
+            "after_take_s": round(now - t_take, 6) if ok else None,
+            "observers": sorted({str(o) for _, o in self.verify_pairs}),
+            "confirmed": [f"{o} -> {s.address}" for s, o in confirmed],
+            "missing": [f"{o} -> {s.address}" for s, o in pending]
+                       or ([] if pairs else ["no VIP was added"]),
+            "rounds": rounds,
+            "reannounced": reannounced,
+            "age_at": now,
+        }
+        if self.last_takeover is not None:
+            self.last_takeover["convergence_s"] = self.last_convergence["seconds"]
+        if ok:
+            detail = (f"{', '.join(self.last_convergence['confirmed'])} confirmed "
+                      f"{(now - t_announced) * 1000:.1f} ms after the first announcement")
+            log.info("failover %s: converged: %s (%d round(s), %d re-announcement(s))",
+                     self.name, detail, rounds, reannounced)
+        else:
+            detail = (f"not shown within {st.verify_timeout:g} s: "
+                      f"{', '.join(self.last_convergence['missing'])}")
+            log.warning("failover %s: convergence %s (%d round(s), %d re-announcement(s)); "
+                        "the VIPs stay here", self.name, detail, rounds, reannounced)
+        self._observe("converged", now, ok, detail)
+
+    def _probe(self, token: int, spec: VipSpec, observer: IPAddress, timeout: float) -> bool:
+        """On the address thread: one convergence probe, unless released meanwhile."""
+        if token != self._take_token:
+            return False
+        try:
+            return self.ops.converged(spec, observer, timeout)
+        except Exception as exc:  # noqa: BLE001 - "not shown"
+            log.debug("failover %s: convergence probe %s -> %s: %s", self.name, observer,
+                      spec.address, exc)
+            return False
+
+    def _announce_held(self, token: int, specs: Sequence[VipSpec]) -> None:
+        if token == self._take_token:
+            self._announce_all(specs)
 
     def _add_and_announce(self, specs: Sequence[VipSpec]) -> list[tuple[VipSpec, int | str]]:
         """On the address thread: add every VIP, then the first announcement round."""
@@ -1417,6 +1534,12 @@ class PairEngine:
             out["last_takeover"] = lt
         else:
             out["last_takeover"] = None
+        if self.last_convergence is not None:
+            lc = dict(self.last_convergence)
+            lc["age"] = now - lc.pop("age_at")
+            out["last_convergence"] = lc
+        else:
+            out["last_convergence"] = None
         out["notify"] = {"runs": self.notify_runs, "failures": self.notify_failures,
                          "last_error": self.notify_last_error}
         out["vip_errors"] = self.vip_errors

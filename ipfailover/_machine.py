@@ -609,11 +609,22 @@ class PairMachine:
             p.generation = m.generation
             p.boot_id = m.boot_id
             p.seq = -1
+        silence = now - p.last_heard
+        stale = p.last_heard > -INF and silence > self._fresh_for(p)
         p.last_heard = now
         p.paths[ev.path_index] = now
         if p.dead:
             p.dead = False
             out.append(Notice("peer-alive", f"peer {p.name!r} is talking again"))
+        elif stale and self.state is S.MASTER and self.holding:
+            # A master never declares its peer dead; but a peer silent this long (a
+            # partition, heavy loss) may have declared *us* dead, taken the addresses
+            # and announced them, and may release them before we ever see it as
+            # master (no split brain seen here).  The engine re-announces if we
+            # still hold the addresses once this message is handled.
+            self.counters["peer_back"] += 1
+            out.append(Notice("peer-back", f"peer {p.name!r} heard again after "
+                              f"{silence:.3f} s of silence"))
         in_order = m.seq > p.seq
         if in_order:
             p.seq = m.seq

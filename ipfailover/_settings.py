@@ -73,6 +73,12 @@ class GroupSettings:
     announce_refresh: float = 10.0
     #: loss of carrier on ``interface`` counts as unhealthy (the VIPs cannot be served)
     track_interface: bool = True
+    #: observers (a gateway, clients) asked after a takeover whether they map the VIPs
+    #: to us (``_announce.converged``); re-announced with backoff until they do or
+    #: ``verify_timeout`` has passed.  Empty: no verification.  guardian's config
+    #: defaults it to the ping nodes.
+    verify: tuple[IPAddress, ...] = ()
+    verify_timeout: float = 1.0
 
     @property
     def renew_interval(self) -> float:

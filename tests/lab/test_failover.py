@@ -69,7 +69,8 @@ def figure(name: str, value: float, unit: str = "s") -> None:
     print(f"\n[failover figures] {name}: {value:.3f} {unit}", file=sys.stderr)
 
 
-def config(node: str, ip: str, peer: str, peer_ip: str, priority: int) -> str:
+def config(node: str, ip: str, peer: str, peer_ip: str, priority: int, *,
+           extra: str = "", tracked: bool = True) -> str:
     return f"""\
 [guardian]
 control_socket = "/run/guardian/control.sock"
@@ -110,8 +111,8 @@ paths = [{{ local = "{ip}", peer = "{peer_ip}" }}]
 interval = "100ms"
 lease = "{LEASE}s"
 init_dead = "1s"
-services = ["apache2"]
-notify = ["/bin/sh", "-c",
+services = {'["apache2"]' if tracked else "[]"}
+{extra}notify = ["/bin/sh", "-c",
   "echo $GUARDIAN_FAILOVER_OLD_STATE-$GUARDIAN_FAILOVER_STATE >> /run/failover-notify"]
 """
 
@@ -124,6 +125,8 @@ class Sampler:
     vm: VM
     period: float = 0.003
     samples: list[tuple[float, bool]] = field(default_factory=list)
+    #: when each ``has_vip`` call started (``samples`` holds when it returned)
+    starts: list[float] = field(default_factory=list)
     errors: int = 0
 
     def __post_init__(self) -> None:
@@ -133,12 +136,14 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            began = time.monotonic()
             try:
                 held = has_vip(SPEC)
             except Exception:  # noqa: BLE001 - counted; the VM may be mid-fault
                 self.errors += 1
                 held = False
             self.samples.append((time.monotonic(), held))
+            self.starts.append(began)
             time.sleep(self.period)
 
     def stop(self) -> None:
@@ -147,19 +152,22 @@ class Sampler:
         self._pool.shutdown()
 
     def runs(self) -> list[tuple[float, float]]:
-        """Intervals [first, last] of consecutive True samples (no extrapolation)."""
+        """Intervals of consecutive True samples during which the VIP was surely held:
+        from the END of the first True call to the START of the last one (the kernel
+        was read somewhere inside each call).  Overlaps of such intervals are a lower
+        bound of the real overlap: a positive one proves both held the VIP."""
         out: list[tuple[float, float]] = []
         start: float | None = None
         last = 0.0
-        for t, held in self.samples:
+        for (t, held), began in zip(self.samples, self.starts, strict=False):
             if held and start is None:
                 start = t
             if not held and start is not None:
-                out.append((start, last))
+                out.append((start, max(start, last)))
                 start = None
-            last = t
+            last = began
         if start is not None:
-            out.append((start, last))
+            out.append((start, max(start, last)))
         return out
 
     def first_true_after(self, t0: float) -> float | None:
@@ -169,11 +177,12 @@ class Sampler:
         return bool(self.samples) and self.samples[-1][1]
 
 
-def overlap(a: Sampler, b: Sampler) -> float:
+def overlap(a: Sampler, b: Sampler, after: float = -float("inf")) -> float:
+    """Seconds both held the VIP (only what happened after ``after`` counts)."""
     total = 0.0
     for s1, e1 in a.runs():
         for s2, e2 in b.runs():
-            total += max(0.0, min(e1, e2) - max(s1, s2))
+            total += max(0.0, min(e1, e2) - max(s1, s2, after))
     return total
 
 
@@ -279,12 +288,20 @@ class Pair:
 
 
 @pytest.fixture
-def pair(flab: Lab, request: pytest.FixtureRequest) -> Iterator[Pair]:
+def group_opts() -> dict[str, Any]:
+    """Keyword arguments of ``config`` for both nodes (a test overrides this fixture
+    with ``@pytest.mark.parametrize("group_opts", [...])``)."""
+    return {}
+
+
+@pytest.fixture
+def pair(flab: Lab, request: pytest.FixtureRequest, group_opts: dict[str, Any]
+         ) -> Iterator[Pair]:
     vm01, vm02 = _vm(flab, "vm01"), _vm(flab, "vm02")
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(_heal, (vm01, vm02)))
-    g1 = Guardiand(vm01, config("vm01", VM01_IP, "vm02", VM02_IP, 150))
-    g2 = Guardiand(vm02, config("vm02", VM02_IP, "vm01", VM01_IP, 100))
+    g1 = Guardiand(vm01, config("vm01", VM01_IP, "vm02", VM02_IP, 150, **group_opts))
+    g2 = Guardiand(vm02, config("vm02", VM02_IP, "vm01", VM01_IP, 100, **group_opts))
     offsets = (g1.log_size(), g2.log_size())
     with ThreadPoolExecutor(2) as pool:
         for fut in [pool.submit(g.start) for g in (g1, g2)]:
@@ -644,6 +661,171 @@ def test_switchover_command_moves_the_vip_without_overlap(
     assert overlap(s1, s2) == 0.0
     bad = pair.g1.cli("switchover", "mail")
     assert bad.returncode == 1 and "no failover group named 'mail'" in bad.stderr
+
+
+# --------------------------------------------------------------------------- verified takeover
+@pytest.mark.parametrize("group_opts", [{"extra": f'verify = ["{CLIENT_IP}"]\n'}],
+                         ids=["verify-client"])
+def test_verified_takeover_link_down(
+        pair: Pair, samplers: tuple[Sampler, Sampler, ClientPoller]) -> None:
+    s1, s2, poller = samplers
+    g1 = pair.group(pair.g1)
+    assert g1["last_convergence"] is not None and g1["last_convergence"]["ok"], g1
+    t0 = time.monotonic()
+    pair.vm01.link_down()
+    vip_at, served_at = settle(pair, s1, s2, poller, t0, holder="vm02")
+    g2 = pair.wait_group(pair.g2, lambda g: g.get("last_convergence") is not None, 3,
+                         "vm02's takeover verified")
+    lc = g2["last_convergence"]
+    assert lc["ok"] is True, lc
+    assert lc["observers"] == [CLIENT_IP] and lc["confirmed"] == [f"{CLIENT_IP} -> {VIP}"]
+    assert 0 <= lc["seconds"] < 1.0, lc
+    assert g2["last_takeover"]["convergence_s"] == lc["seconds"]
+    neigh = pair.client.ip_cmd("neigh", "show", VIP, "dev", "eth0")
+    assert f"lladdr {pair.vm02.mac}" in neigh, (neigh, pair.vm02.mac)
+    out = pair.g2.cli("status").stdout
+    assert "converged:  " in out and "after the first announcement" in out, out
+    figure("verified takeover: convergence after the first announcement", lc["seconds"])
+    figure("verified takeover: convergence after the takeover began", lc["after_take_s"])
+    figure("verified takeover: client served by vm02 after link down", served_at)
+    assert overlap(s1, s2) == 0.0
+
+
+# --------------------------------------------------------------------------- more faults
+def _nft(vm: VM, rules: str) -> None:
+    vm.run(["nft", "-f", "-"], input=rules)
+
+
+def _nft_delete(vm: VM) -> None:
+    vm.run(["nft", "delete", "table", "inet", NFT_TABLE], check=False)
+
+
+def _one_holder(pair: Pair, s1: Sampler, s2: Sampler, t0: float, timeout: float
+                ) -> tuple[str, float]:
+    """Wait until exactly one VM holds the VIP (both samplers); (holder, seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        a, b = s1.last(), s2.last()
+        if a != b and s1.samples[-1][0] > t0 and s2.samples[-1][0] > t0:
+            return ("vm01" if a else "vm02"), time.monotonic() - t0
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not one holder within {timeout} s: vm01 {a}, vm02 {b}")
+        time.sleep(0.005)
+
+
+def test_partition_then_heal(pair: Pair, samplers: tuple[Sampler, Sampler, ClientPoller]
+                             ) -> None:
+    s1, s2, poller = samplers
+    drop = f"udp dport {PORT} drop"
+    rules = f"""\
+table inet {NFT_TABLE} {{
+  chain input {{ type filter hook input priority 0; {drop}; }}
+  chain output {{ type filter hook output priority 0; {drop}; }}
+}}
+"""
+    t0 = time.monotonic()
+    _nft(pair.vm01, rules)
+    try:
+        # both declare the other dead; vm02 takes the VIP too: the documented split
+        # brain of a partition without fencing
+        pair.wait_group(pair.g2, lambda g: g["state"] == "master", 3, "vm02 master")
+        split_at = s2.first_true_after(t0)
+        time.sleep(1.0)
+        assert pair.group(pair.g1)["state"] == "master"
+    finally:
+        t_heal = time.monotonic()
+        _nft_delete(pair.vm01)
+    holder, resolved = _one_holder(pair, s1, s2, t_heal, 3.0)
+    vip_at, served_at = settle(pair, s1, s2, poller, t_heal, holder=holder)
+    time.sleep(0.5)
+    both_after = overlap(s1, s2, after=t_heal + resolved)
+    figure("partition: vm02 also took the VIP after", (split_at or t0) - t0)
+    figure("partition healed: one holder after", resolved)
+    figure(f"partition healed: client served by {holder} after", served_at)
+    assert resolved < 1.5, resolved
+    assert both_after == 0.0, both_after
+    assert pair.holders() == [holder]
+    g1, g2 = pair.group(pair.g1), pair.group(pair.g2)
+    assert sorted((g1["state"], g2["state"])) == ["backup", "master"], (g1["state"],
+                                                                        g2["state"])
+
+
+def test_thirty_percent_heartbeat_loss(
+        pair: Pair, samplers: tuple[Sampler, Sampler, ClientPoller]) -> None:
+    s1, s2, poller = samplers
+    before1, before2 = pair.group(pair.g1), pair.group(pair.g2)
+    drop = f"udp dport {PORT} numgen random mod 10 < 3 counter drop"
+    rules = f"""\
+table inet {NFT_TABLE} {{
+  chain input {{ type filter hook input priority 0; {drop}; }}
+  chain output {{ type filter hook output priority 0; {drop}; }}
+}}
+"""
+    _nft(pair.vm02, rules)
+    try:
+        time.sleep(20)
+        counters = pair.vm02.run(["nft", "list", "table", "inet", NFT_TABLE]).stdout
+    finally:
+        t_end = time.monotonic()
+        _nft_delete(pair.vm02)
+    dropped = sum(int(w.split()[0]) for w in counters.split("packets ")[1:])
+    holder, resolved = _one_holder(pair, s1, s2, t_end, 3.0)
+    settle(pair, s1, s2, poller, t_end, holder=holder)
+    time.sleep(1.0)
+    g1, g2 = pair.group(pair.g1), pair.group(pair.g2)
+
+    def delta(g: dict[str, Any], before: dict[str, Any], key: str) -> int:
+        return int(g["counters"].get(key, 0)) - int(before["counters"].get(key, 0))
+
+    failovers = delta(g1, before1, "takeovers") + delta(g2, before2, "takeovers")
+    print(f"\n[failover figures] 30% heartbeat loss for 20 s: {dropped} packets dropped, "
+          f"{failovers} failover(s) (vm02 takeovers {delta(g2, before2, 'takeovers')}, "
+          f"vm01 {delta(g1, before1, 'takeovers')}), suspicions vm02 "
+          f"{delta(g2, before2, 'suspicions')} vm01 {delta(g1, before1, 'suspicions')}; "
+          f"VIP ends on {holder}", file=sys.stderr)
+    FIGURES.setdefault("30% loss for 20 s: failovers", []).append(failovers)
+    assert dropped > 100, counters
+    assert pair.holders() == [holder]
+    assert sorted((g1["state"], g2["state"])) == ["backup", "master"]
+    assert overlap(s1, s2, after=t_end + resolved) == 0.0
+
+
+@pytest.mark.parametrize("group_opts", [{"extra": 'cold = ["apache2"]\ncold_timeout = "10s"\n',
+                                         "tracked": False}], ids=["cold-apache2"])
+def test_cold_standby_starts_apache2_before_the_vip(
+        pair: Pair, samplers: tuple[Sampler, Sampler, ClientPoller]) -> None:
+    s1, s2, poller = samplers
+
+    def apache_state(vm: VM) -> str:
+        return str(vm.supervisor.process_info("apache2").statename)
+
+    # the standby stops its cold service as it settles BACKUP; make sure it is down
+    deadline = time.monotonic() + 5
+    while apache_state(pair.vm02) == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if apache_state(pair.vm02) == "RUNNING":
+        pair.vm02.supervisor.stop("apache2", True)
+    assert apache_state(pair.vm02) != "RUNNING"
+    assert apache_state(pair.vm01) == "RUNNING"
+    t0 = time.monotonic()
+    pair.vm01.link_down()
+    vip_at, served_at = settle(pair, s1, s2, poller, t0, holder="vm02", timeout=15)
+    g2 = pair.group(pair.g2)
+    lt = g2["last_takeover"]
+    assert apache_state(pair.vm02) == "RUNNING"
+    assert lt["services_s"] > 0, lt
+    # the VIP only after apache2 was up: no sample of the VIP on vm02 before the start
+    figure("cold standby: apache2 up on vm02 (takeover services phase)", lt["services_s"])
+    figure("cold standby: VIP on vm02 after link down", vip_at)
+    figure("cold standby: client served by vm02 after link down", served_at)
+    assert served_at < 10, served_at
+    assert overlap(s1, s2) == 0.0
+    # vm01 (FAULT, cut off) released and stopped its cold apache2
+    pair.wait_group(pair.g1, lambda g: g["state"] == "fault", 3, "vm01 fault")
+    deadline = time.monotonic() + 5
+    while apache_state(pair.vm01) == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert apache_state(pair.vm01) != "RUNNING"
 
 
 def test_zz_print_figures() -> None:

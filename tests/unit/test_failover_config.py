@@ -137,6 +137,10 @@ track_interface = false
      "1-15 characters"),
     ("announce_count = 0\n", "failover.groups.web.announce_count", "below the minimum 1"),
     ("notify = 3\n", "failover.groups.web.notify", "not a command"),
+    ("verify = [\"gateway\"]\n", "failover.groups.web.verify", "not an IP address"),
+    ("verify = [\"192.0.2.100\"]\n", "failover.groups.web.verify[0]", "one of the VIPs"),
+    ("verify_timeout = \"0\"\n", "failover.groups.web.verify_timeout", "longer than 0"),
+    ("verify_timeout = \"2m\"\n", "failover.groups.web.verify_timeout", "at most 1m"),
 ])
 def test_group_errors_name_the_key(extra: str, where: str, message: str) -> None:
     errs = errors(SERVICE + GROUP + extra)
@@ -243,3 +247,22 @@ def test_unchanged_groups_compare_equal() -> None:
     assert a.failover is not None and b.failover is not None and c.failover is not None
     assert a.failover.groups["web"] == b.failover.groups["web"]
     assert a.failover.groups["web"] != c.failover.groups["web"]
+
+
+def test_verify_defaults_to_the_ping_nodes() -> None:
+    spec = load(SERVICE + GROUP)
+    assert spec.failover is not None
+    g = spec.failover.groups["web"]
+    assert g.verify == () and g.verify_timeout == 1.0       # no ping nodes: no check
+    spec = load(SERVICE + GROUP + 'ping = ["192.0.2.1"]\n')
+    assert spec.failover is not None
+    assert [str(o) for o in spec.failover.groups["web"].verify] == ["192.0.2.1"]
+    spec = load(SERVICE + GROUP + 'ping = ["192.0.2.1"]\nverify = []\n')
+    assert spec.failover is not None and spec.failover.groups["web"].verify == ()
+    spec = load(SERVICE + GROUP + 'verify = ["192.0.2.10", "2001:db8::10"]\n'
+                'verify_timeout = "500ms"\n')
+    assert spec.failover is not None
+    g = spec.failover.groups["web"]
+    assert [str(o) for o in g.verify] == ["192.0.2.10", "2001:db8::10"]
+    assert g.verify_timeout == 0.5
+    assert any("verify: 2001:db8::10 has no VIP of its family" in w for w in spec.warnings)

@@ -35,6 +35,8 @@ class FakeLan:
     holders: dict[str, set[str]] = field(default_factory=dict)
     ops: list[tuple[float, str, str, str]] = field(default_factory=list)
     overlaps: list[str] = field(default_factory=list)
+    #: probes of ``FakeVipOps.converged`` that fail before the observer is convinced
+    unconvinced: int = 0
 
     def record(self, node: str, op: str, ip: str) -> None:
         self.ops.append((time.monotonic(), node, op, ip))
@@ -94,6 +96,17 @@ class FakeVipOps:
         self.lan.record(self.node, "announce", str(spec.address))
 
     def carrier(self, interface: str) -> bool | None:
+        return True
+
+    def converged(self, spec: VipSpec, observer: Any, timeout: float) -> bool:
+        """An observer on the fake LAN: convinced once this node holds the VIP and
+        ``lan.unconvinced`` probes have failed; a failed probe waits its timeout (a
+        real one waits for an answer that never comes), on the address thread."""
+        self.lan.record(self.node, "probe", f"{observer}->{spec.address}")
+        if self.lan.unconvinced > 0 or self.node not in self._held(spec):
+            self.lan.unconvinced -= 1
+            time.sleep(timeout)
+            return False
         return True
 
 
@@ -465,6 +478,141 @@ def test_cold_service_started_before_and_stopped_after_the_vip(tmp_path: Path,
             assert v2[-3:] == ["start", "up", "add"], v2
             lt = p.e2.status()["last_takeover"]
             assert lt["services_s"] >= 0.05, lt  # the gate waited for "up"
+        finally:
+            await p.close()
+
+    run(body)
+
+
+# ---------------------------------------------------------------- verified takeover
+@dataclass
+class RecordingObserver:
+    """A FailoverObserver that keeps what it is told (guardian's timeline stands in)."""
+
+    calls: list[tuple[str, float, Any]] = field(default_factory=list)
+
+    def feed(self, actions: Sequence[Any], now: float) -> None:
+        pass
+
+    def vips_configured(self, now: float) -> None:
+        self.calls.append(("vips_configured", now, None))
+
+    def announced(self, now: float) -> None:
+        self.calls.append(("announced", now, None))
+
+    def converged(self, now: float, ok: bool, detail: str = "") -> None:
+        self.calls.append(("converged", now, (ok, detail)))
+
+
+OBSERVER = ipaddress.ip_address("192.0.2.1")
+
+
+def test_verified_takeover_confirms_after_the_first_announcement(tmp_path: Path,
+                                                                  keyfile: Path) -> None:
+    from guardian.cli import format_failover
+
+    async def body() -> None:
+        p = Pair(tmp_path, keyfile, verify=(OBSERVER, ipaddress.ip_address("2001:db8::1")))
+        assert [str(o) for _, o in p.e1.verify_pairs] == ["192.0.2.1"]  # no IPv6 VIP
+        rec = RecordingObserver()
+        p.e2.observer = rec
+        p.start()
+        try:
+            await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5,
+                        "settled")
+            await until(lambda: p.e1.status().get("last_convergence") is not None, 2,
+                        "vm01's start-up takeover verified")
+            assert p.e2.status().get("last_convergence") is None
+            p.tasks[0].cancel()                              # vm01 dies silently
+            p.lan.holders[str(VIP.ip)].discard("vm01")
+            await until(lambda: p.e2.status().get("last_convergence") is not None, 3,
+                        "vm02's takeover verified")
+            lc = p.e2.status()["last_convergence"]
+            assert lc["ok"] is True and lc["rounds"] == 1 and lc["reannounced"] == 0, lc
+            assert lc["observers"] == ["192.0.2.1"]     # those with a VIP of their family
+            assert lc["confirmed"] == ["192.0.2.1 -> 192.0.2.100"] and lc["missing"] == []
+            assert 0 <= lc["seconds"] < 0.5 and lc["after_take_s"] >= lc["seconds"]
+            assert p.e2.status()["last_takeover"]["convergence_s"] == lc["seconds"]
+            # the first announcement went out before the first probe
+            mine = [op for _, n, op, _ in p.lan.ops if n == "vm02"]
+            assert mine.index("announce") < mine.index("probe"), mine
+            kinds = [c[0] for c in rec.calls]
+            assert kinds == ["vips_configured", "announced", "converged"], rec.calls
+            assert rec.calls[2][2][0] is True and "192.0.2.1" in rec.calls[2][2][1]
+            text = "\n".join(format_failover(p.e2.status()))
+            assert "converged:  " in text and "after the first announcement" in text, text
+            assert "takeover:   " in text, text
+        finally:
+            p.lan.holders.clear()
+            await p.close()
+
+    run(body)
+
+
+def test_verified_takeover_reannounces_with_backoff_until_convinced(
+        tmp_path: Path, keyfile: Path) -> None:
+    async def body() -> None:
+        p = Pair(tmp_path, keyfile, verify=(OBSERVER,), verify_timeout=2.0)
+        p.lan.unconvinced = 2
+        p.start(p.e1)                                       # alone: takes over at init_dead
+        try:
+            await until(lambda: p.e1.status().get("last_convergence") is not None, 5,
+                        "verified")
+            lc = p.e1.status()["last_convergence"]
+            assert lc["ok"] is True and lc["rounds"] == 3 and lc["reannounced"] == 2, lc
+            # probes of 50 and 100 ms failed first
+            assert 0.14 <= lc["seconds"] < 1.0, lc
+            probes = [t for t, n, op, _ in p.lan.ops if op == "probe"]
+            assert len(probes) == 3
+            gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
+            assert gaps[0] >= 0.045 and gaps[1] >= 0.095, gaps  # 50 ms, then 100 ms
+            ops = [op for _, _, op, _ in p.lan.ops if op in ("announce", "probe")]
+            assert ops.count("announce") >= 1 + 2, ops      # first round + 2 re-announcements
+        finally:
+            await p.close()
+
+    run(body)
+
+
+def test_unconfirmed_convergence_gives_up_without_stopping_heartbeats(
+        tmp_path: Path, keyfile: Path) -> None:
+    async def body() -> None:
+        p = Pair(tmp_path, keyfile, verify=(OBSERVER,), verify_timeout=0.5)
+        rec = RecordingObserver()
+        p.e1.observer = rec
+        p.lan.unconvinced = 10**6                          # an observer that never answers
+        p.start()
+        try:
+            await until(lambda: state(p.e1) == "master" and state(p.e2) == "backup", 5,
+                        "settled")
+            await until(lambda: p.e1.status().get("last_convergence") is not None, 3,
+                        "given up")
+            lc = p.e1.status()["last_convergence"]
+            assert lc["ok"] is False and lc["seconds"] is None, lc
+            assert lc["missing"] == ["192.0.2.1 -> 192.0.2.100"]
+            assert lc["rounds"] >= 3 and lc["reannounced"] >= 2, lc
+            assert [c[2] for c in rec.calls if c[0] == "converged"][0][0] is False
+            # the probes held the address thread, never the loop: no false failover,
+            # the VIPs stay on vm01
+            assert state(p.e1) == "master" and state(p.e2) == "backup"
+            assert p.e2.status()["counters"].get("takeovers", 0) == 0
+            assert p.holders() == {"vm01"}
+        finally:
+            await p.close()
+
+    run(body)
+
+
+def test_no_verify_no_probe(tmp_path: Path, keyfile: Path) -> None:
+    async def body() -> None:
+        p = Pair(tmp_path, keyfile)
+        p.start()
+        try:
+            await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5,
+                        "settled")
+            await asyncio.sleep(0.1)
+            assert p.e1.status().get("last_convergence") is None
+            assert not [op for _, _, op, _ in p.lan.ops if op == "probe"]
         finally:
             await p.close()
 

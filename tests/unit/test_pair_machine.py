@@ -404,6 +404,20 @@ def test_split_brain_keeper_reannounces_twice_loser_releases() -> None:
     assert beat and isinstance(beat[0], Send) and beat[0].body.state is S.BACKUP
 
 
+def test_master_notes_a_peer_back_from_a_long_silence() -> None:
+    """A partition healed where the peer released before we saw it as master: no split
+    brain here, but a ``peer-back`` notice (the engine re-announces on it)."""
+    m, peer = master()
+    acts = heartbeats(m, peer, 0.3, 0.6, S.BACKUP)               # fresh: nothing to note
+    assert not [a for a in of(Notice, acts) if a.kind == "peer-back"]
+    acts = ticks_until(m, 2.0) + m.transition(peer(S.BACKUP), 2.0)   # 1.5 s of silence
+    back = [a for a in of(Notice, acts) if a.kind == "peer-back"]
+    assert len(back) == 1 and "1.5" in back[0].detail, back
+    assert m.state is S.MASTER and m.counters["peer_back"] == 1
+    acts = m.transition(peer(S.BACKUP), 2.1)
+    assert not [a for a in of(Notice, acts) if a.kind == "peer-back"]
+
+
 # ---------------------------------------------------------------- switchover
 
 
