@@ -539,7 +539,9 @@ def test_forged_replayed_and_garbage_packets_are_dropped(
                 for pkts in packets.values():
                     for pkt in pkts:
                         s.sendto(pkt, (VM02_IP, PORT))
-                time.sleep(0.005)
+                # paced so that the socket buffer never overflows on a loaded machine
+                # (a packet the kernel drops never reaches guardian to be counted)
+                time.sleep(0.02)
             for pkt in to_vm01:
                 s.sendto(pkt, (VM01_IP, PORT))
 
@@ -554,7 +556,7 @@ def test_forged_replayed_and_garbage_packets_are_dropped(
         return (all(d.get(k, 0) >= n for k, n in expected.items())
                 and d.get("garbage", 0) + d.get("truncated", 0) >= junk)
 
-    g2 = pair.wait_group(pair.g2, counted, 5, "every forged packet counted")
+    g2 = pair.wait_group(pair.g2, counted, 10, "every forged packet counted")
     print(f"\n[failover figures] drops on vm02: {g2['drops']}", file=sys.stderr)
     g1 = pair.wait_group(pair.g1, lambda g: g["drops"].get("own-name", 0) >= 3, 3,
                          "own-name drops on vm01")

@@ -1,0 +1,43 @@
+"""guardian-hostd: the dom0 side of escalation.
+
+Authenticates escalation requests from guests (HMAC, per-VM keys, replay
+protection), applies policy (stale incarnations, per-VM rate limits), drives the
+toolstack (xl, libvirt, or commands) and journals every decision.
+"""
+
+from ._app import Hostd, build
+from ._auth import AuthError, NonceCache, Verifier, mac, sign
+from ._config import HostdSpec, PolicySpec, VMSpec, load, parse
+from ._drivers import (
+    CommandDriver,
+    DomainState,
+    Driver,
+    DriverError,
+    LibvirtDriver,
+    XlDriver,
+    build_driver,
+    parse_xl_list,
+)
+from ._engine import (
+    Clock,
+    Decision,
+    Engine,
+    Kind,
+    Reply,
+    Request,
+    Snapshot,
+    SystemClock,
+    decide,
+    parse_request,
+)
+from ._server import HostdServer
+from ._state import Journal, StateStore, read_journal
+
+__all__ = [
+    "AuthError", "Clock", "CommandDriver", "Decision", "DomainState", "Driver",
+    "DriverError", "Engine", "Hostd", "HostdServer", "HostdSpec", "Journal", "Kind",
+    "LibvirtDriver", "NonceCache", "PolicySpec", "Reply", "Request", "Snapshot",
+    "StateStore", "SystemClock", "VMSpec", "Verifier", "XlDriver", "build", "build_driver",
+    "decide", "load", "mac", "parse", "parse_request", "parse_xl_list", "read_journal",
+    "sign",
+]

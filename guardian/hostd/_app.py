@@ -1,0 +1,39 @@
+"""Wiring: a HostdSpec -> drivers, state, journal, engine, verifier, server."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ipfailover._wire import KeyRing
+
+from ._auth import Verifier
+from ._config import HostdSpec
+from ._drivers import Driver, build_driver
+from ._engine import Clock, Engine
+from ._server import HostdServer
+from ._state import Journal, StateStore
+
+
+@dataclass
+class Hostd:
+    spec: HostdSpec
+    engine: Engine
+    verifier: Verifier
+    server: HostdServer
+    journal: Journal
+
+
+def build(spec: HostdSpec, *, drivers: Mapping[str, Driver] | None = None,
+          clock: Clock | None = None, poll_interval: float = 0.25) -> Hostd:
+    """``drivers`` overrides build_driver() per VM name (tests, the lab)."""
+    chosen: dict[str, Driver] = {}
+    rings: dict[str, KeyRing] = {}
+    for name, vm in spec.vms.items():
+        chosen[name] = (drivers or {}).get(name) or build_driver(vm)
+        rings[name] = vm.keys if vm.keys is not None else KeyRing.load(vm.key_file)
+    journal = Journal(spec.journal_dir)
+    engine = Engine(spec.vms, spec.policy, chosen, StateStore(spec.state_dir), journal,
+                    clock, poll_interval=poll_interval)
+    verifier = Verifier(rings, wall=engine.clock.wall)
+    return Hostd(spec, engine, verifier, HostdServer(engine, verifier), journal)

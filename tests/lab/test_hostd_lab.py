@@ -1,0 +1,160 @@
+"""guardian-hostd in the lab: hostd serving in the ``dom0`` namespace, a signed request
+from inside ``vm01`` makes dom0 really tear vm01 down and boot it again.
+
+The driver is a Python object around ``guardian.lab.VM`` (destroy()/boot()/running):
+hostd itself does not import the lab.  Lab operations (veth, namespaces) must run in
+the root network namespace, so the driver hands them to a worker thread started from
+the test's (root-namespace) thread; hostd's own threads live in dom0's namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guardian.hostd import DomainState, HostdSpec, PolicySpec, VMSpec, build, sign
+from guardian.lab import DOM0_IP, VM, VM01_IP, Lab
+from ipfailover._wire import KeyRing
+
+pytestmark = pytest.mark.lab
+
+KEY = os.urandom(32)
+PATH = "/v1/escalations"
+PORT = 7080
+
+
+class LabVMDriver:
+    """destroy() -> VM.destroy(); create() -> VM.boot(); state from VM.running."""
+
+    def __init__(self, vm: VM, root_ns: ThreadPoolExecutor) -> None:
+        self.vm = vm
+        self.root_ns = root_ns
+        self.calls: list[str] = []
+
+    def _root(self, fn: Callable[[], Any]) -> Any:
+        return self.root_ns.submit(fn).result(60)
+
+    def state(self) -> DomainState:
+        return DomainState.RUNNING if self.vm.running else DomainState.ABSENT
+
+    def destroy(self) -> None:
+        self.calls.append("destroy")
+        self._root(self.vm.destroy)
+
+    def create(self) -> None:
+        self.calls.append("create")
+        self._root(self.vm.boot)
+
+
+def _request(method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection(DOM0_IP, PORT, timeout=5)
+    try:
+        conn.request(method, path, body=body if method == "POST" else None,
+                     headers=sign(1, KEY, method, path, body))
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def root_ns() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="root-ns")
+    pool.submit(lambda: None).result()  # its one worker is created here, in the root netns
+    yield pool
+    pool.shutdown(wait=True)
+
+
+def test_escalation_recreates_lab_vm(make_lab: Callable[[], Lab], tmp_path: Path,
+                                     root_ns: ThreadPoolExecutor) -> None:
+    lab = make_lab()
+    dom0 = lab.host("dom0", DOM0_IP)
+    vm01 = lab.vm("vm01", VM01_IP, services=("apache2",))
+    vm01.wait_ready(timeout=20)
+    old_holder = vm01.holder_pid
+    old_lab_incarnation = vm01.incarnation
+
+    driver = LabVMDriver(vm01, root_ns)
+    spec = HostdSpec(
+        source="lab", host=DOM0_IP, port=PORT, state_dir=tmp_path, journal_dir=tmp_path,
+        policy=PolicySpec(min_interval=600, max_per_day=3, confirm_timeout=15),
+        vms={"vm01": VMSpec(name="vm01", uuid="uuid-vm01", key_file=tmp_path / "none",
+                            driver="command", domain="vm01", keys=KeyRing({1: KEY}))},
+    )
+    hostd = build(spec, drivers={"vm01": driver}, poll_interval=0.05)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def serve() -> None:  # runs in a thread inside dom0's network namespace
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(hostd.server.start(DOM0_IP, PORT))
+        ready.set()
+        loop.run_forever()
+
+    thread_box: list[threading.Thread] = []
+
+    def start_in_dom0() -> None:
+        t = threading.Thread(target=serve, name="hostd-dom0", daemon=True)
+        t.start()  # a thread started from a dom0 thread lives in dom0's namespace
+        thread_box.append(t)
+
+    dom0.call(start_in_dom0)
+    assert ready.wait(10)
+    try:
+        rid = str(uuid.uuid4())
+        body = json.dumps({
+            "request_id": rid, "vm": "vm01", "vm_uuid": "uuid-vm01", "incarnation": 0,
+            "action": "recreate", "peer": None,
+            "reason": {"service": "apache2", "verdicts": "CRITICAL x3", "restarts": 5,
+                       "detail": "lab test"},
+            "sent_at": time.time(),
+        }).encode()
+        # from inside the sick VM, over the lab LAN
+        status, reply = vm01.call(lambda: _request("POST", PATH, body))
+        assert status == 202 and reply["state"] == "accepted", reply
+
+        deadline = time.monotonic() + 40
+        final: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status, final = dom0.call(lambda: _request("GET", f"{PATH}/{rid}"))
+            assert status == 200, final
+            if final["state"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        assert final.get("state") == "done", final
+        assert final["incarnation"] == 1
+        assert driver.calls == ["destroy", "create"]
+        assert vm01.running and vm01.holder_pid != old_holder
+        assert vm01.incarnation == old_lab_incarnation + 1
+        vm01.wait_ready(timeout=20)  # the new instance serves again
+
+        # the same request id again: its state, no second recreate
+        status, again = vm01.call(lambda: _request("POST", PATH, body))
+        assert status == 202 and again["state"] == "done"
+        # a request from the old incarnation is stale now
+        stale = json.loads(body) | {"request_id": str(uuid.uuid4())}
+        status, reply = vm01.call(
+            lambda: _request("POST", PATH, json.dumps(stale).encode()))
+        assert status == 409 and reply["error"] == "stale incarnation"
+        assert driver.calls == ["destroy", "create"]
+        journal = [json.loads(line) for line in
+                   (tmp_path / "journal.jsonl").read_text().splitlines()]
+        assert [r["decision"] for r in journal] == ["accepted", "finished", "stale"]
+    finally:
+        asyncio.run_coroutine_threadsafe(hostd.server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        for t in thread_box:
+            t.join(10)
+        loop.close()
+        hostd.journal.close()
