@@ -106,6 +106,28 @@ class FailoverSpec:
 
 
 @dataclass(frozen=True)
+class EscalationSpec:
+    """``[escalation]``: how this guest asks dom0 to act (``guardian.escalation``).
+
+    ``channel`` is ``http``, ``exec``, ``xenstore``, a ``guardian.escalations`` entry
+    point, or ``module:Class``; the channel-specific keys (``url``, ``key_file``,
+    ``command``, ``answer_path``) are used by the channel that needs them.
+    """
+
+    channel: str
+    vm: str
+    vm_uuid: str = ""
+    url: str = ""
+    key_file: str = ""
+    command: tuple[str, ...] = ()
+    answer_path: str = "control/guardian/escalation/{request_id}"
+    incarnation_file: str = "/run/guardian/incarnation"
+    timeout: float = 10.0        # one attempt (send or poll)
+    retry_max: float = 300.0     # backoff cap between attempts
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class GuardianSpec:
     control_socket: Path = Path("/run/guardian/control.sock")
     state_dir: Path = Path("/var/lib/guardian")
@@ -118,6 +140,7 @@ class GuardianSpec:
     backends: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     services: Mapping[str, ServiceSpec] = field(default_factory=dict)
     failover: FailoverSpec | None = None
+    escalation: EscalationSpec | None = None
     sources: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from ipfailover._engine import PairEngine, ServiceHooks
     from ipfailover._settings import GroupSettings
 
+    from .escalation import Entry, Escalator
+
     EngineFactory = Callable[[GroupSettings, ServiceHooks], PairEngine]
 
 log = logging.getLogger("guardian")
@@ -465,6 +467,7 @@ class Supervisor:
         self.runners: dict[str, ServiceRunner] = {}
         self.ladder_handlers: dict[LadderAction, LadderHandler] = {
             LadderAction.FAILOVER: self._failover_rung,
+            LadderAction.ESCALATE: self._escalate_rung,
         }
         #: failover groups by name (``ipfailover.PairEngine``)
         self.engines: dict[str, PairEngine] = {}
@@ -494,6 +497,9 @@ class Supervisor:
         self.timeline = Timeline(self.journal, self.metrics)
         self._metrics_server: Any = None
         self.last_reload_error: str | None = None
+        #: escalation to dom0 (``[escalation]``): the outbox pump and its task
+        self.escalator: Escalator | None = None
+        self._escalation_task: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------ public
     async def run(self) -> None:
@@ -506,6 +512,7 @@ class Supervisor:
                 server = ControlServer(self, self.spec.control_socket)
                 await server.start()
             self._apply(self.spec, first=True)
+            self._apply_escalation(self.spec)
             await self._serve_metrics()
             self.ready.set()
             notify("READY=1\nSTATUS=supervising "
@@ -529,7 +536,8 @@ class Supervisor:
             # our own tasks only: another Supervisor may share the loop (library use)
             for task in list(self._spawned):
                 if task is not asyncio.current_task() and task.get_name().startswith(
-                        ("restart:", "ladder:", "sd-watchdog", "failover:")):
+                        ("restart:", "ladder:", "sd-watchdog", "failover:",
+                         "escalation:")):
                     task.cancel()
 
     def stop(self) -> None:
@@ -549,7 +557,10 @@ class Supervisor:
             log.error("metrics listener not started: %s", exc)
 
     def reload(self, spec: GuardianSpec) -> None:
+        old_escalation = self.spec.escalation
         self._apply(spec, first=False)
+        if spec.escalation != old_escalation:
+            self._apply_escalation(spec)
         self.spec = spec
         self.reloads += 1
 
@@ -572,6 +583,7 @@ class Supervisor:
             "services": [self.runners[n].status() for n in self.spec.start_order()
                          if n in self.runners],
             "failover": [e.status() for _, e in sorted(self.engines.items())],
+            "escalations": self.escalator.status() if self.escalator is not None else [],
         }
 
     # ------------------------------------------------------------ internals
@@ -723,6 +735,76 @@ class Supervisor:
             log.warning("%s: ladder step failover: group %s yields the VIPs", name,
                         engine.name)
             engine.service_failed(name, action.reason)
+
+    # ------------------------------------------------------------ escalation
+    def _apply_escalation(self, spec: GuardianSpec) -> None:
+        """(Re)build the channel and the outbox pump from ``[escalation]``."""
+        from .escalation import Escalator, Outbox, build_channel
+
+        if self._escalation_task is not None:
+            self._escalation_task.cancel()
+            self._escalation_task = None
+        self.escalator = None
+        esc = spec.escalation
+        if esc is None:
+            return
+        try:
+            channel = build_channel(esc)
+            self.escalator = Escalator(
+                Outbox(Path(spec.state_dir) / "outbox"), channel, clock=self.clock,
+                rng=self.rng, timeout=esc.timeout, retry_max=esc.retry_max,
+                on_event=self._escalation_event, before_send=self.journal.flush)
+        except (LookupError, ValueError, OSError) as exc:
+            log.error("escalation: channel %s not available: %s", esc.channel, exc)
+            return
+        assert self._tg is not None
+        task = self._tg.create_task(self.escalator.run(), name="escalation:pump")
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+        self._escalation_task = task
+
+    def _escalation_event(self, entry: Entry, outcome: str, detail: str) -> None:
+        if outcome == "retry":
+            return
+        tracker = self.timeline.service(entry.request.reason.service)
+        tracker.escalation(self.clock(), outcome, detail, request=entry.request.request_id,
+                           action=entry.request.action)
+
+    async def _escalate_rung(self, runner: ServiceRunner, action: RunStep) -> None:
+        from .escalation import Reason, Request
+
+        name = runner.spec.name
+        esc, escalator = self.spec.escalation, self.escalator
+        if esc is None or escalator is None:
+            log.error("%s: ladder step escalate: no escalation channel is configured "
+                      "([escalation]): %s", name, action.reason)
+            return
+        existing = escalator.outbox.open_for(name)
+        if existing is not None:
+            log.warning("%s: ladder step escalate: request %s is still open (%s); "
+                        "not asking again", name, existing.request.request_id, existing.state)
+            return
+        deadline = time.monotonic() + esc.timeout
+        incarnation = await escalator.channel.incarnation(deadline)
+        if incarnation is None:
+            log.warning("%s: escalate: this VM's incarnation is unknown (%s); sending 0",
+                        name, esc.incarnation_file)
+            incarnation = 0
+        request = Request(
+            vm=esc.vm, vm_uuid=await escalator.channel.vm_uuid(deadline),
+            incarnation=incarnation, action="recreate",
+            reason=Reason(service=name,
+                          verdicts=runner.incident_env(action)["GUARDIAN_VERDICTS"],
+                          restarts=action.restarts, detail=action.reason))
+        # what led here is on disk before a request that may end this VM leaves
+        await self.journal.flush()
+        entry = escalator.submit(request)
+        if entry is None:
+            log.warning("%s: ladder step escalate: a request is already open", name)
+            return
+        log.warning("%s: ladder step escalate: request %s (recreate, incarnation %d) "
+                    "queued for %s", name, request.request_id, incarnation,
+                    escalator.channel.describe())
 
     async def switchover(self, group: str | None) -> dict[str, Any]:
         """Move the VIPs of ``group`` (default: the only group) to the other node."""

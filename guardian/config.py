@@ -22,6 +22,7 @@ from ipfailover._settings import DEFAULT_KEY_FILE, DEFAULT_PORT, GroupSettings, 
 
 from ._model import (
     CheckSpec,
+    EscalationSpec,
     FailoverSpec,
     GuardianSpec,
     LadderStep,
@@ -125,6 +126,7 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
     backend_tables: dict[str, tuple[str, Any]] = {}
     failover_tbl: dict[str, tuple[str, Any]] = {}
     failover_groups: dict[str, tuple[str, Any]] = {}
+    escalation_tbl: dict[str, tuple[str, Any]] = {}
 
     for source, doc in docs:
         for key, value in doc.items():
@@ -160,6 +162,15 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
                         errors.append(ConfigError(source, f"failover.{k}",
                                                   f"already set in {failover_tbl[k][0]}"))
                     failover_tbl[k] = (source, v)
+            elif key == "escalation":
+                if not isinstance(value, Mapping):
+                    errors.append(ConfigError(source, key, "must be a table"))
+                    continue
+                for k, v in value.items():
+                    if k in escalation_tbl:
+                        errors.append(ConfigError(source, f"escalation.{k}",
+                                                  f"already set in {escalation_tbl[k][0]}"))
+                    escalation_tbl[k] = (source, v)
             else:
                 errors.append(ConfigError(source, key, "unknown key"))
 
@@ -254,6 +265,7 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
                     f"{spec.source}: services.{name}.ladder[{i}]: failover, but no failover "
                     f"group tracks {name} ([failover.groups.NAME] services = [\"{name}\"]): "
                     "the step will be logged only")
+    escalation = _parse_escalation(escalation_tbl, specs, errors, warnings)
     if errors:
         raise ConfigErrors(errors)
     if not specs:
@@ -261,11 +273,35 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
     return GuardianSpec(
         services=specs,
         failover=failover,
+        escalation=escalation,
         backends={k: dict(v) for k, v in backends.items()},
         sources=tuple(s for s, _ in docs),
         warnings=tuple(warnings),
         **g_values,
     )
+
+
+def _parse_escalation(tbl: Mapping[str, tuple[str, Any]], specs: Mapping[str, ServiceSpec],
+                      errors: list[ConfigError], warnings: list[str]
+                      ) -> EscalationSpec | None:
+    """``[escalation]`` (see ``guardian.escalation``); None when absent."""
+    spec = None
+    if tbl:
+        from .escalation._settings import parse_escalation
+
+        source = next(iter(tbl.values()))[0]
+        try:
+            spec = parse_escalation({k: v for k, (_, v) in tbl.items()}, source)
+        except ConfigError as exc:
+            src = tbl.get(exc.path.split(".")[1] if "." in exc.path else "", (source,))[0]
+            errors.append(ConfigError(src, exc.path, exc.message))
+    for name, sspec in specs.items():
+        for i, step in enumerate(sspec.ladder):
+            if step.action is LadderAction.ESCALATE and not tbl:
+                warnings.append(
+                    f"{sspec.source}: services.{name}.ladder[{i}]: escalate, but there is no "
+                    "[escalation] section: the step will be logged only")
+    return spec
 
 
 def _enabled(tbl: Mapping[str, Any]) -> bool:
@@ -636,6 +672,7 @@ def _parse_group(name: str, source: str, tbl: Any, *, node: str, key_file: str, 
     announce_interval = opts.duration("announce_interval", 0.1)
     announce_refresh = opts.duration("announce_refresh", 10.0)
     track_interface = opts.bool("track_interface", True)
+    unicast_clients = opts.bool("unicast_clients", True)
     verify_explicit = "verify" in opts
     verify = tuple(opts.convert("verify", _ip_list, list(ping)))
     verify_timeout = opts.duration("verify_timeout", 1.0)
@@ -689,7 +726,7 @@ def _parse_group(name: str, source: str, tbl: Any, *, node: str, key_file: str, 
         ping_timeout=ping_timeout, notify=notify, notify_timeout=notify_timeout,
         announce_count=announce_count, announce_interval=announce_interval,
         announce_refresh=announce_refresh, track_interface=track_interface,
-        verify=verify, verify_timeout=verify_timeout,
+        unicast_clients=unicast_clients, verify=verify, verify_timeout=verify_timeout,
     )
     try:
         g.pair_config()

@@ -108,7 +108,7 @@ from ._machine import (
 from ._settings import GroupSettings, IPAddress, PathSettings
 from ._states import PairState
 from ._vip import VipSpec
-from ._wire import Endpoint, Generation, KeyRing
+from ._wire import MAX_CLIENTS, Body, Endpoint, Generation, KeyRing, Message, MsgType
 
 log = logging.getLogger("guardian.failover")
 
@@ -119,6 +119,12 @@ S = PairState
 VIP_TIMEOUT = 2.0
 #: a VIP that could not be added keeps the node unhealthy this long, then it may retry
 VIP_FAILURE_HOLD = 10.0
+#: a client list from the peer older than this is not used at a takeover (s)
+CLIENTS_MAX_AGE = 600.0
+#: an unchanged client list is sent again at every this many-th collection
+CLIENTS_RESEND_EVERY = 5
+#: how often the master collects its clients when ``announce_refresh`` is 0 (s)
+CLIENTS_DEFAULT_PERIOD = 10.0
 #: consecutive failed ping rounds before the ping nodes count as unreachable
 PING_FALL = 3
 #: verified takeover: the first round's wait for the observers' answers; each round
@@ -157,6 +163,13 @@ class VipOps(Protocol):
 
     def converged(self, spec: VipSpec, observer: IPAddress, timeout: float) -> bool:
         """Has ``observer`` shown (within ``timeout``) that it maps ``spec`` to us?"""
+
+    def clients(self, specs: Sequence[VipSpec]) -> list[tuple[IPAddress, str]]:
+        """Recent clients ``(address, MAC)`` on the subnets of ``specs`` (neighbour table:
+        REACHABLE, STALE, DELAY, PROBE), each once."""
+
+    def unicast_announce(self, spec: VipSpec, clients: Sequence[tuple[IPAddress, str]]) -> int:
+        """Tell each of ``clients`` directly that ``spec`` is here; frames sent."""
 
 
 class KernelVipOps:
@@ -211,6 +224,28 @@ class KernelVipOps:
         from ._announce import converged
 
         return converged(spec, observer, timeout=timeout)
+
+    def clients(self, specs: Sequence[VipSpec]) -> list[tuple[IPAddress, str]]:
+        from ._vip import recent_clients
+
+        out: list[tuple[IPAddress, str]] = []
+        seen: set[IPAddress] = set()
+        done: set[tuple[str, str]] = set()
+        for spec in specs:
+            key = (spec.interface, str(spec.network))
+            if key in done:
+                continue
+            done.add(key)
+            for ip, mac in recent_clients(spec.interface, spec.network):
+                if ip not in seen:
+                    seen.add(ip)
+                    out.append((ip, mac))
+        return out
+
+    def unicast_announce(self, spec: VipSpec, clients: Sequence[tuple[IPAddress, str]]) -> int:
+        from ._announce import unicast_announce
+
+        return unicast_announce(spec, clients)
 
     def carrier(self, interface: str) -> bool | None:
         from ._vip import InterfaceNotFound, link_info
@@ -589,6 +624,17 @@ class PairEngine:
         self.ping_ok: bool | None = None
         self.vip_errors = 0
         self._drop_logged: dict[str, float] = {}
+        # recent clients of the VIPs: collected while master (sent to the peer as
+        # CLIENTS), received while backup (told directly at our takeover)
+        self._clients_polled = -float("inf")
+        self._clients_polling = False
+        self._clients_sent: frozenset[tuple[IPAddress, str]] | None = None
+        self._clients_unchanged = 0
+        self.clients_sent = 0
+        self._known_clients: tuple[tuple[IPAddress, str], ...] = ()
+        self._known_clients_at: float | None = None
+        self._unicast_early: tuple[int, int] | None = None
+        self._last_takeover_token = -1
         self.started_at = clock()
 
     # ------------------------------------------------------------ public
@@ -952,8 +998,117 @@ class PairEngine:
                             "(%d dropped so far; logged once per 10 s per reason)", self.name,
                             index, addr[0], drop, sum(ep.drops.values()))
             return
+        if msg.type is MsgType.CLIENTS:
+            # informational: authenticated and replay-checked like every message, but
+            # nothing for the state machine
+            self._clients_received(msg)
+            return
         self._inbox.append((PeerMessage(msg, index), None))
         self._wake.set()
+
+    # ------------------------------------------------------------ recent clients
+    def _clients_received(self, msg: Message) -> None:
+        if msg.state is not S.MASTER:
+            return
+        nets = [s.network for s in self.specs]
+        ours = {s.address for s in self.specs} | {p.local for p in self.settings.paths}
+        keep = tuple((ip, mac) for ip, mac in msg.clients
+                     if any(ip.version == n.version and ip in n for n in nets)
+                     and ip not in ours)[:MAX_CLIENTS]
+        self._known_clients = keep
+        self._known_clients_at = self.clock()
+
+    def _poll_clients(self, now: float) -> None:
+        """While master (from ``_renew``): collect the clients on the address thread
+        every ``announce_refresh`` and send them to the peer."""
+        st = self.settings
+        period = st.announce_refresh if st.announce_refresh > 0 else CLIENTS_DEFAULT_PERIOD
+        if (not st.unicast_clients or self._clients_polling
+                or now - self._clients_polled < period):
+            return
+        specs = self.held_now(now)
+        if not specs:
+            return
+        self._clients_polled = now
+        self._clients_polling = True
+        assert self._vip_pool is not None
+        fut = asyncio.wrap_future(self._vip_pool.submit(self.ops.clients, specs))
+        fut.add_done_callback(self._clients_polled_done)
+
+    def _clients_polled_done(self, fut: asyncio.Future[list[tuple[IPAddress, str]]]) -> None:
+        self._clients_polling = False
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.debug("failover %s: listing the clients: %s", self.name, exc)
+            return
+        peers = {p.peer for p in self.settings.paths}  # the peer is no client
+        clients = tuple([c for c in fut.result() if c[0] not in peers][:MAX_CLIENTS])
+        m = self.machine
+        if not clients or m is None or m.state is not S.MASTER or not m.holding:
+            return
+        current = frozenset(clients)
+        if current == self._clients_sent:
+            self._clients_unchanged += 1
+            if self._clients_unchanged % CLIENTS_RESEND_EVERY:
+                return
+        self._clients_sent = current
+        self._clients_unchanged = 0
+        self._send_clients(clients)
+
+    def _send_clients(self, clients: Sequence[tuple[IPAddress, str]]) -> None:
+        ep, m = self.endpoint, self.machine
+        assert ep is not None and m is not None
+        now = self.clock()
+        body = Body(MsgType.CLIENTS, m.state, self.config.priority,
+                    interval_ms=self.config.interval_ms)
+        vips = [s.address for s in self.held_now(now)]
+        for i, path in enumerate(self._paths):
+            packet = ep.seal(body, path=i, vips=vips, clients=clients, now=now)
+            if path.transport is not None:
+                path.transport.sendto(packet, path.address)
+                path.sent += 1
+        self.clients_sent += 1
+
+    def _takeover_clients(self) -> tuple[tuple[IPAddress, str], ...]:
+        at = self._known_clients_at
+        if not self.settings.unicast_clients or at is None:
+            return ()
+        if self.clock() - at > CLIENTS_MAX_AGE:
+            return ()
+        return self._known_clients
+
+    def _unicast(self, token: int, added: Sequence[VipSpec],
+                 clients: Sequence[tuple[IPAddress, str]]) -> int:
+        """On the address thread, right after the first broadcast round: tell the
+        peer's recent clients directly (for those that missed or ignore the broadcast)."""
+        if token != self._take_token:
+            return 0
+        sent = 0
+        for spec in added:
+            net = spec.network
+            mine = [(ip, mac) for ip, mac in clients if ip.version == net.version
+                    and ip in net and ip != spec.address]
+            if not mine:
+                continue
+            try:
+                sent += self.ops.unicast_announce(spec, mine)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("failover %s: unicast announcement of %s: %s", self.name,
+                            spec.address, exc)
+        return sent
+
+    def _unicast_done(self, fut: asyncio.Future[int], token: int, count: int) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        sent = fut.result()
+        log.info("failover %s: told %d known client(s) directly (%d frame(s))", self.name,
+                 count, sent)
+        if token == self._last_takeover_token and self.last_takeover is not None:
+            self.last_takeover["unicast_clients"] = sent
+        else:  # done before _do_take recorded the takeover
+            self._unicast_early = (token, sent)
 
     def _send_error(self, index: int, exc: Exception) -> None:
         path = self._paths[index]
@@ -1038,7 +1193,18 @@ class PairEngine:
             if token != self._take_token:
                 return
         t_add = self.clock()
-        results = await self._vip(self._add_and_announce, self.specs)
+        clients = self._takeover_clients()
+        up: list[VipSpec] = []
+        assert self._vip_pool is not None
+        add_fut = self._vip_pool.submit(self._add_and_announce, self.specs, up)
+        if clients:
+            # queued behind the first broadcast round on the address thread: never
+            # delays it, and runs right after it
+            ufut = asyncio.wrap_future(
+                self._vip_pool.submit(self._unicast, token, up, clients))
+            ufut.add_done_callback(
+                functools.partial(self._unicast_done, token=token, count=len(clients)))
+        results = await asyncio.wait_for(asyncio.wrap_future(add_fut), VIP_TIMEOUT)
         now = self.clock()
         self._observe("vips_configured", now)
         self._observe("announced", now)
@@ -1056,7 +1222,14 @@ class PairEngine:
             "age_at": now,
             "services_s": round(t_add - t0, 6),
             "vips_s": round(now - t_add, 6),
+            "unicast_clients": None if clients else 0,
         }
+        self._last_takeover_token = token
+        self._clients_sent = None  # send our own list to the peer at the first poll
+        early = self._unicast_early
+        if early is not None and early[0] == token:
+            self.last_takeover["unicast_clients"] = early[1]
+        self._unicast_early = None
         log.warning("failover %s: took over %s in %.1f ms%s: %s", self.name,
                     ", ".join(str(s.address) for s in self.specs), (now - t0) * 1000,
                     f" (cold services {t_add - t0:.3f} s)" if st.cold else "", reason)
@@ -1158,14 +1331,18 @@ class PairEngine:
         if token == self._take_token:
             self._announce_all(specs)
 
-    def _add_and_announce(self, specs: Sequence[VipSpec]) -> list[tuple[VipSpec, int | str]]:
-        """On the address thread: add every VIP, then the first announcement round."""
+    def _add_and_announce(self, specs: Sequence[VipSpec],
+                          added: list[VipSpec] | None = None) -> list[tuple[VipSpec, int | str]]:
+        """On the address thread: add every VIP, then the first announcement round.
+        The VIPs added are appended to ``added`` (for a job queued behind this one)."""
         out: list[tuple[VipSpec, int | str]] = []
         for spec in specs:
             try:
                 out.append((spec, self.ops.add(spec)))
             except Exception as exc:  # noqa: BLE001 - reported to the loop
                 out.append((spec, f"{type(exc).__name__}: {exc}"))
+        if added is not None:
+            added.extend(spec for spec, lease in out if isinstance(lease, int))
         for spec, lease in out:
             if isinstance(lease, int):
                 try:
@@ -1257,6 +1434,7 @@ class PairEngine:
         assert self._vip_pool is not None
         fut = asyncio.wrap_future(self._vip_pool.submit(job))
         fut.add_done_callback(lambda f: self._renewed(f, token))
+        self._poll_clients(now)
 
     def _renewed(self, fut: asyncio.Future[list[tuple[VipSpec, int | None | str]]],
                  token: int) -> None:
@@ -1543,4 +1721,8 @@ class PairEngine:
         out["notify"] = {"runs": self.notify_runs, "failures": self.notify_failures,
                          "last_error": self.notify_last_error}
         out["vip_errors"] = self.vip_errors
+        at = self._known_clients_at
+        out["clients_known"] = (None if at is None else
+                                {"count": len(self._known_clients), "age": now - at})
+        out["clients_sent"] = self.clients_sent
         return out

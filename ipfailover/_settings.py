@@ -71,6 +71,9 @@ class GroupSettings:
     announce_interval: float = 0.1
     #: re-announce this often while master (0: never)
     announce_refresh: float = 10.0
+    #: the master sends its recent clients of the VIPs (neighbour table) to the peer every
+    #: ``announce_refresh``; at a takeover the new master tells them directly (unicast)
+    unicast_clients: bool = True
     #: loss of carrier on ``interface`` counts as unhealthy (the VIPs cannot be served)
     track_interface: bool = True
     #: observers (a gateway, clients) asked after a takeover whether they map the VIPs

@@ -1,6 +1,6 @@
 """The failover wire protocol: one binary message, HMAC-SHA256, replay protection.
 
-Every packet is one message, at most ``MAX_SIZE`` (512) bytes, network byte order::
+Every packet is one message, at most ``MAX_SIZE`` (1024) bytes, network byte order::
 
     off size
       0   4  magic b"GDFO"
@@ -22,6 +22,8 @@ Every packet is one message, at most ``MAX_SIZE`` (512) bytes, network byte orde
              vips     u8 count 0..8, each u8 family (4 or 6) + 4 or 16 address bytes
              view     u8 count 0..8, one u64 per path index: the last sequence number the
                       sender accepted from the receiver on that path (0: none)
+             clients  u8 count 0..16, each u8 family (4 or 6) + 4 or 16 address bytes
+                      + 6 MAC bytes: recent clients of the VIPs (CLIENTS; 0 otherwise)
     end-32  32  HMAC-SHA256(key[key id], every byte before it)
 
 ``decode`` checks, in this order: size and structure (TRUNCATED, GARBAGE), group
@@ -62,7 +64,7 @@ from ._states import PairState
 
 MAGIC = b"GDFO"
 VERSION = 1
-MAX_SIZE = 512
+MAX_SIZE = 1024  # the largest valid packet is 820 bytes (16 IPv6 clients, 8 IPv6 VIPs)
 MAC_SIZE = 32
 MIN_KEY_BYTES = 16
 MAX_GROUP = 32
@@ -70,12 +72,13 @@ MAX_NODE = 64
 MAX_REASON = 64
 MAX_VIPS = 8
 MAX_PATHS = 8
+MAX_CLIENTS = 16
 MAX_INTERVAL_MS = 600_000
 U64 = (1 << 64) - 1
 
 _HEAD = struct.Struct("!4sBBBBBBIQQ8sQQ")
 HEADER_SIZE = _HEAD.size  # 54
-MIN_SIZE = HEADER_SIZE + 1 + 1 + 1 + 1 + 1 + 1 + 1 + MAC_SIZE  # shortest valid packet
+MIN_SIZE = HEADER_SIZE + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + MAC_SIZE  # shortest valid packet
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -91,6 +94,7 @@ class MsgType(enum.Enum):
     SWITCHOVER_READY = 6  # standby to master: "I am healthy and ready, release"
     SWITCHOVER_RELEASED = 7  # master to standby: "released, take them"
     SWITCHOVER_REFUSED = 8  # either way: "not now", with a reason
+    CLIENTS = 9  # informational, master to standby: recent clients of the VIPs (ip, MAC)
 
 
 _STATE_CODES: dict[PairState, int] = {
@@ -185,6 +189,8 @@ class Message:
     peer_generation: int = 0
     peer_seqs: tuple[int, ...] = ()
     reason: str = ""
+    #: CLIENTS: (address, MAC "aa:bb:cc:dd:ee:ff") of recent clients of the VIPs
+    clients: tuple[tuple[IPAddress, str], ...] = ()
     key_id: int = 0  # set by decode: the key that authenticated the message
 
     @property
@@ -213,6 +219,11 @@ def encode(msg: Message, keyring: KeyRing) -> bytes:
         raise ValueError(f"at most {MAX_VIPS} VIPs in a message, got {len(msg.vips)}")
     if len(msg.peer_seqs) > MAX_PATHS:
         raise ValueError(f"at most {MAX_PATHS} paths, got {len(msg.peer_seqs)}")
+    if len(msg.clients) > MAX_CLIENTS:
+        raise ValueError(f"at most {MAX_CLIENTS} clients in a message, got {len(msg.clients)}")
+    client_parts = []
+    for ip, mac in msg.clients:
+        client_parts.append(bytes([ip.version]) + ip.packed + mac_bytes(mac))
     if len(msg.boot_id) != 8:
         raise ValueError("boot id must be 8 bytes")
     if not 0 <= msg.priority <= 255:
@@ -256,8 +267,18 @@ def encode(msg: Message, keyring: KeyRing) -> bytes:
         if not 0 <= s <= U64:
             raise ValueError(f"peer seq out of range: {s}")
         parts.append(struct.pack("!Q", s))
+    parts.append(bytes([len(msg.clients)]))
+    parts.extend(client_parts)
     body = b"".join(parts)
     return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def mac_bytes(mac: str) -> bytes:
+    """``"aa:bb:cc:dd:ee:ff"`` (or with ``-``) as 6 bytes; ValueError otherwise."""
+    raw = bytes.fromhex(mac.replace(":", "").replace("-", ""))
+    if len(raw) != 6:
+        raise ValueError(f"not a MAC address: {mac!r}")
+    return raw
 
 
 class _Reader:
@@ -360,6 +381,20 @@ def _decode(data: bytes, keyring: KeyRing, group: str | None) -> Message:
     if npaths > MAX_PATHS:
         raise Drop(DropReason.GARBAGE, f"{npaths} paths")
     seqs = tuple(struct.unpack("!Q", r.take(8, "path view"))[0] for _ in range(npaths))
+    nclients = r.byte("client count")
+    if nclients > MAX_CLIENTS:
+        raise Drop(DropReason.GARBAGE, f"{nclients} clients")
+    clients: list[tuple[IPAddress, str]] = []
+    for _ in range(nclients):
+        family = r.byte("client family")
+        caddr: IPAddress
+        if family == 4:
+            caddr = ipaddress.IPv4Address(r.take(4, "IPv4 client"))
+        elif family == 6:
+            caddr = ipaddress.IPv6Address(r.take(16, "IPv6 client"))
+        else:
+            raise Drop(DropReason.GARBAGE, f"client family {family}")
+        clients.append((caddr, r.take(6, "client MAC").hex(":")))
     if r.pos != end:
         raise Drop(DropReason.GARBAGE, f"{end - r.pos} stray bytes before the MAC")
     if group is not None and grp != group:
@@ -386,6 +421,7 @@ def _decode(data: bytes, keyring: KeyRing, group: str | None) -> Message:
         peer_generation=peer_generation,
         peer_seqs=seqs,
         reason=reason,
+        clients=tuple(clients),
         key_id=key_id,
     )
 
@@ -633,6 +669,7 @@ class Endpoint:
         *,
         path: int = 0,
         vips: Iterable[IPAddress | str] = (),
+        clients: Iterable[tuple[IPAddress, str]] = (),
         now: float | None = None,
     ) -> bytes:
         """The packet for ``body`` on ``path``; every call takes a new sequence number."""
@@ -654,6 +691,7 @@ class Endpoint:
             peer_generation=self._peer_generation,
             peer_seqs=tuple(self._view),
             reason=body.reason,
+            clients=tuple(clients),
         )
         if now is not None and 0 <= path < self.paths:
             self._sent[path].append((self.seq, now))

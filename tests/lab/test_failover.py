@@ -693,6 +693,78 @@ def test_verified_takeover_link_down(
     assert overlap(s1, s2) == 0.0
 
 
+# --------------------------------------------------------------------------- known clients
+BCAST_TABLE = "guardian_lab_nobcast"
+
+
+@pytest.mark.parametrize("group_opts", [{"extra": 'announce_refresh = "1s"\n'}])
+def test_known_clients_are_told_directly_at_takeover(pair: Pair) -> None:
+    _known_clients_scenario(pair, unicast=True)
+
+
+@pytest.mark.parametrize("group_opts", [
+    {"extra": 'announce_refresh = "1s"\nunicast_clients = false\n'}])
+def test_without_unicast_clients_the_client_stays_on_the_old_mac(pair: Pair) -> None:
+    """The control: the same scenario with ``unicast_clients = false``."""
+    _known_clients_scenario(pair, unicast=False)
+
+
+def _known_clients_scenario(pair: Pair, *, unicast: bool) -> None:
+    """vm01 (master) sends vm02 the clients in its neighbour table (CLIENTS); the client
+    then drops every broadcast ARP frame not asking for its own address (the gratuitous
+    ones of an announcement), so after vm01's link goes down only vm02's
+    unicast announcement ("who-has CLIENT tell VIP" to the client's MAC) can move the
+    client's entry for the VIP to vm02 (it would re-resolve by itself only when the
+    entry goes stale, tens of seconds later)."""
+    if unicast:
+        pair.wait_group(pair.g2,
+                        lambda g: (g.get("clients_known") or {}).get("count", 0) >= 1,
+                        5, "vm02 knows vm01's clients")
+    else:
+        time.sleep(1.5)                        # past a client collection
+        assert pair.group(pair.g2)["clients_known"] is None
+    client = pair.client
+    client.run(["nft", "-f", "-"], input=(
+        f"table netdev {BCAST_TABLE} {{\n"
+        '  chain in { type filter hook ingress device "eth0" priority 0;\n'
+        "    ether daddr ff:ff:ff:ff:ff:ff ether type arp arp daddr ip != "
+        f"{CLIENT_IP} counter drop; }}\n"
+        "}\n"))
+    try:
+        neigh = client.ip_cmd("neigh", "show", VIP, "dev", "eth0")
+        assert f"lladdr {pair.vm01.mac}" in neigh, neigh
+        t0 = time.monotonic()
+        pair.vm01.link_down()
+        g2 = pair.wait_group(
+            pair.g2, lambda g: g["state"] == "master" and bool(g["vips_held"])
+            and (g.get("last_takeover") or {}).get("unicast_clients") is not None, 5,
+            "vm02 master and the clients told")
+        if not unicast:
+            assert g2["last_takeover"]["unicast_clients"] == 0, g2["last_takeover"]
+            time.sleep(2)
+            neigh = client.ip_cmd("neigh", "show", VIP, "dev", "eth0")
+            assert f"lladdr {pair.vm01.mac}" in neigh, neigh
+            return
+        deadline = time.monotonic() + 2
+        while f"lladdr {pair.vm02.mac}" not in client.ip_cmd("neigh", "show", VIP, "dev",
+                                                              "eth0"):
+            if time.monotonic() > deadline:
+                raise AssertionError("the client still maps the VIP to "
+                                     + client.ip_cmd("neigh", "show", VIP, "dev", "eth0"))
+            time.sleep(0.005)
+        moved = time.monotonic() - t0
+        counters = client.run(["nft", "list", "table", "netdev", BCAST_TABLE]).stdout
+        dropped = int(counters.split("counter packets ", 1)[1].split()[0])
+        assert dropped >= 1, counters          # vm02's broadcast announcements were dropped
+        assert client.http_get(VIP, timeout=1).body.strip() == "served by vm02"
+        assert g2["last_takeover"]["unicast_clients"] >= 1, g2["last_takeover"]
+        figure("unicast announcement: client maps the VIP to vm02 after link down", moved)
+        print(f"clients known at vm02: {g2['clients_known']}; broadcast ARP dropped at the "
+              f"client: {dropped}; client moved after {moved * 1000:.0f} ms")
+    finally:
+        client.run(["nft", "delete", "table", "netdev", BCAST_TABLE], check=False)
+
+
 # --------------------------------------------------------------------------- more faults
 def _nft(vm: VM, rules: str) -> None:
     vm.run(["nft", "-f", "-"], input=rules)

@@ -106,6 +106,7 @@ def timings(deb_report: list[str]) -> Iterator[Timings]:
 @dataclass
 class Built:
     deb: Path
+    hostd_deb: Path
     log: str
     returncode: int
     top_before: list[str]
@@ -129,8 +130,10 @@ def built(timings: Timings, tmp_path_factory: pytest.TempPathFactory) -> Built:
         res = sh(["bash", str(TOP / "packaging" / "build-deb.sh"), str(out)],
                  check=False, timeout=1200)
     debs = sorted(out.glob("guardian_*_all.deb"))
-    assert debs, f"no .deb built\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}"
-    return Built(debs[0], res.stdout + res.stderr, res.returncode, before, _top_entries())
+    hostd = sorted(out.glob("guardian-hostd_*_all.deb"))
+    assert debs and hostd, f"no .deb built\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}"
+    return Built(debs[0], hostd[0], res.stdout + res.stderr, res.returncode, before,
+                 _top_entries())
 
 
 class Chroot:
@@ -168,6 +171,7 @@ class Chroot:
 class Installed:
     chroot: Chroot
     deb_in_chroot: str
+    hostd_deb_in_chroot: str
     before: set[str]
     apt_log: str
 
@@ -191,16 +195,21 @@ def installed(built: Built, timings: Timings) -> Iterator[Installed]:
             ch.apt("update")
         # The package's Depends, from Debian, before the baseline: the purge check
         # is about what guardian leaves, not what its dependencies' purges leave
-        # (ca-certificates keeps /etc/ssl, netbase /etc/hosts, ...).
+        # (ca-certificates keeps /etc/ssl, netbase /etc/hosts, ...).  guardian-hostd
+        # depends on guardian only (and python3), so guardian's Depends cover both.
         depends = sh(["dpkg-deb", "-f", str(built.deb), "Depends"]).stdout.strip()
         with timings.step("apt-get satisfy the Depends (bookworm)"):
             ch.apt("satisfy", "--no-install-recommends", depends)
         before = ch.snapshot()
         deb = f"/tmp/{built.deb.name}"
+        hostd_deb = f"/tmp/{built.hostd_deb.name}"
         shutil.copy(built.deb, ch.path(deb))
-        with timings.step("apt-get install ./guardian.deb"):
-            res = ch.apt("install", "--no-install-recommends", deb)
-        yield Installed(ch, deb, before, res.stdout + res.stderr)
+        shutil.copy(built.hostd_deb, ch.path(hostd_deb))
+        # both packages in one chroot (a dom0 would not run guardiand, but the
+        # files do not conflict and one debootstrap is the test's main cost)
+        with timings.step("apt-get install ./guardian.deb ./guardian-hostd.deb"):
+            res = ch.apt("install", "--no-install-recommends", deb, hostd_deb)
+        yield Installed(ch, deb, hostd_deb, before, res.stdout + res.stderr)
     finally:
         if proc_mounted:
             subprocess.run(["umount", "-l", str(ch.path("/proc"))], check=False)
@@ -250,6 +259,26 @@ def test_package_contents(built: Built) -> None:
     for dep in ("python3-requests", "python3-dnspython", "supervisor"):
         assert dep in depends
     assert "python3-supervisor" not in depends   # bookworm has none
+    assert "/hostd" not in files and "guardian-hostd" not in files   # dom0 only
+
+
+def test_hostd_package_contents(built: Built) -> None:
+    files = sh(["dpkg-deb", "-c", str(built.hostd_deb)]).stdout
+    for path in ("./usr/bin/guardian-hostd", "./lib/systemd/system/guardian-hostd.service",
+                 "./etc/guardian/hostd.toml",
+                 "./usr/lib/python3/dist-packages/guardian/hostd/__main__.py",
+                 "./usr/lib/python3/dist-packages/guardian/hostd/_drivers.py",
+                 "./usr/share/man/man8/guardian-hostd.8.gz",
+                 "./usr/share/doc/guardian-hostd/copyright"):
+        assert f" {path}\n" in files + "\n", path
+    # only guardian.hostd: checks, ipfailover and guardian itself come from guardian
+    for other in ("/checks/", "/ipfailover/", "/guardian/_supervisor.py", "dist-info",
+                  "hostd-keys"):
+        assert other not in files, other
+    ctrl = sh(["dpkg-deb", "-I", str(built.hostd_deb), "conffiles"]).stdout.split()
+    assert ctrl == ["/etc/guardian/hostd.toml"]
+    depends = sh(["dpkg-deb", "-f", str(built.hostd_deb), "Depends"]).stdout
+    assert f"guardian (= {VERSION})" in depends
 
 
 # ---------------------------------------------------------------- installed
@@ -412,6 +441,90 @@ def test_with_recommends(installed: Installed, timings: Timings) -> None:
     _run_daemon_with_notify(ch)
 
 
+# ---------------------------------------------------------------- guardian-hostd
+
+
+def test_hostd_help_and_shebang(installed: Installed) -> None:
+    ch = installed.chroot
+    res = ch.run("/usr/bin/guardian-hostd", "--help")
+    assert "run" in res.stdout and "validate" in res.stdout and "status" in res.stdout
+    shebang = ch.path("/usr/bin/guardian-hostd").read_text().splitlines()[0]
+    assert shebang == "#!/usr/bin/python3"
+    assert ch.run("dpkg", "-S", "/usr/bin/guardian-hostd").stdout.startswith("guardian-hostd:")
+
+
+def test_hostd_validate_shipped_config_says_no_vm(installed: Installed) -> None:
+    """As shipped: valid but for the missing VM, which guardian-hostd refuses."""
+    res = installed.chroot.run("/usr/bin/guardian-hostd", "validate", check=False)
+    assert res.returncode == 2, res
+    assert "vms: no VM configured" in res.stderr, res.stderr
+
+
+def test_hostd_keydir_and_unit_disabled(installed: Installed) -> None:
+    ch = installed.chroot
+    st = ch.path("/etc/guardian/hostd-keys").stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o700, 0, 0)
+    # installed disabled: no VM is configured yet
+    wants = ch.path("/etc/systemd/system/multi-user.target.wants")
+    assert not (wants / "guardian-hostd.service").exists()
+    assert (wants / "guardian.service").is_symlink()
+
+
+def test_hostd_systemd_analyze_verify(installed: Installed) -> None:
+    res = installed.chroot.run("systemd-analyze", "verify", "--man=no",
+                               "/lib/systemd/system/guardian-hostd.service", check=False)
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+    assert installed.chroot.path("/usr/share/man/man8/guardian-hostd.8.gz").is_file()
+
+
+def test_hostd_runs_with_a_configured_vm(installed: Installed) -> None:
+    """The documented steps (a key in hostd-keys, a [vms.NAME] table), then
+    `guardian-hostd run` with Debian's python3 binds its port and stops on SIGTERM."""
+    ch = installed.chroot
+    ch.run("sh", "-ec", "umask 077; printf '1 %s send\\n' "
+           "\"$(od -An -v -tx1 -N32 /dev/urandom | tr -d ' \\n')\" "
+           "> /etc/guardian/hostd-keys/test1.keys")
+    conf = ch.path("/tmp/hostd-test.toml")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf.write_text(
+        f'[hostd]\nlisten = "127.0.0.1:{port}"\nstate_dir = "/tmp/hostd-test-state"\n'
+        '[vms.test1]\nuuid = "11111111-2222-3333-4444-555555555555"\n'
+        'key_file = "/etc/guardian/hostd-keys/test1.keys"\ndriver = "command"\n'
+        'destroy_command = ["true"]\ncreate_command = ["true"]\n'
+        'state_command = ["echo", "running"]\n')
+    try:
+        res = ch.run("/usr/bin/guardian-hostd", "--config", "/tmp/hostd-test.toml", "validate")
+        assert "OK (1 VM(s)" in res.stdout, res.stdout
+        proc = subprocess.Popen(["chroot", str(ch.root), "/usr/bin/guardian-hostd", "--config",
+                                 "/tmp/hostd-test.toml", "run"], env=CLEAN_ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < deadline, "guardian-hostd did not listen in 20 s"
+                with socket.socket() as c:
+                    if c.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=15)
+            assert proc.returncode == 0, out
+            assert f"listening on 127.0.0.1:{port}" in out and "Traceback" not in out, out
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        st = ch.run("/usr/bin/guardian-hostd", "--config", "/tmp/hostd-test.toml", "status")
+        assert "test1: incarnation" in st.stdout, st.stdout
+    finally:
+        conf.unlink()
+        shutil.rmtree(ch.path("/tmp/hostd-test-state"), ignore_errors=True)
+    # the key stays for the removal test: a purge must take the operator's keys too
+
+
 # ---------------------------------------------------------------- removal (last)
 
 
@@ -423,17 +536,23 @@ def test_remove_keeps_conffiles_then_purge_leaves_nothing(installed: Installed,
     ch.path("/var/lib/guardian/journal/journal.jsonl").write_text("{}\n")
     # an operator's enabled snippet
     ch.run("ln", "-s", "../conf-available/apache2.toml", "/etc/guardian/conf.d/")
-    with timings.step("apt-get remove guardian"):
-        ch.apt("remove", "guardian")
+    ch.path("/var/lib/guardian-hostd").mkdir(mode=0o700, exist_ok=True)
+    ch.path("/var/lib/guardian-hostd/journal.jsonl").write_text("{}\n")
+    with timings.step("apt-get remove guardian guardian-hostd"):
+        ch.apt("remove", "guardian", "guardian-hostd")
     for kept in ("/etc/guardian/guardian.toml", "/etc/guardian/failover.key",
-                 "/etc/guardian/conf-available/named.toml", "/var/lib/guardian/journal"):
+                 "/etc/guardian/conf-available/named.toml", "/var/lib/guardian/journal",
+                 "/etc/guardian/hostd.toml", "/etc/guardian/hostd-keys/test1.keys",
+                 "/var/lib/guardian-hostd/journal.jsonl"):
         assert ch.path(kept).exists(), f"{kept} gone after remove (only purge may take it)"
     assert not ch.path("/usr/bin/guardian").exists()
+    assert not ch.path("/usr/bin/guardian-hostd").exists()
     ch.run("rm", "/etc/guardian/conf.d/apache2.toml")
-    with timings.step("apt-get purge --autoremove guardian"):
-        ch.apt("purge", "--autoremove", "guardian")
-    status = ch.run("dpkg-query", "-W", "-f", "${db:Status-Abbrev}", "guardian", check=False)
-    assert status.returncode != 0 or status.stdout.strip() in ("un", "pn"), status.stdout
+    with timings.step("apt-get purge --autoremove guardian guardian-hostd"):
+        ch.apt("purge", "--autoremove", "guardian", "guardian-hostd")
+    for pkg in ("guardian", "guardian-hostd"):
+        status = ch.run("dpkg-query", "-W", "-f", "${db:Status-Abbrev}", pkg, check=False)
+        assert status.returncode != 0 or status.stdout.strip() in ("un", "pn"), status.stdout
     after = ch.snapshot()
     left = sorted(after - installed.before)
     gone = sorted(installed.before - after)

@@ -141,3 +141,124 @@ def test_man_page_renders_without_warnings() -> None:
     res = subprocess.run(["groff", "-ww", "-man", "-z", str(PKG / "man" / "guardian.8")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
+# ---------------------------------------------------------------- guardian-hostd
+
+HOSTD_TOML = ETC / "hostd.toml"
+
+
+def _hostd_validate(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "guardian.hostd", "validate",
+                           "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, cwd=TOP)
+
+
+def _example_vm(key_file: Path) -> str:
+    """The commented [vms.web1] example of hostd.toml, uncommented."""
+    lines = HOSTD_TOML.read_text().splitlines()
+    start = lines.index("# [vms.web1]")
+    block = []
+    for line in lines[start:]:
+        if line == "#":
+            break
+        block.append(line[2:])
+    text = "\n".join(block) + "\n"
+    return text.replace('"/etc/guardian/hostd-keys/web1.keys"', f'"{key_file}"')
+
+
+def _documented_key(path: Path) -> None:
+    """Make a key ring with the commands hostd.toml documents."""
+    text = HOSTD_TOML.read_text()
+    m = re.search(r"^#\s+(umask 077\n(?:#.*\n)*?#\s+> /etc/guardian/hostd-keys/web1\.keys)$",
+                  text, re.M)
+    assert m is not None, "key generation commands not found in hostd.toml"
+    cmds = "\n".join(line.lstrip("#").strip() for line in m.group(1).splitlines())
+    cmds = cmds.replace("/etc/guardian/hostd-keys/web1.keys", str(path))
+    subprocess.run(["sh", "-ec", cmds], check=True, timeout=30)
+
+
+def test_hostd_shipped_config_has_no_vm_and_says_so() -> None:
+    """As shipped: exactly one error, "no VM configured" (guardian-hostd needs
+    one; the unit is installed disabled for that reason), exit 2."""
+    from checks import ConfigErrors
+    from guardian.hostd import _config as hostd_config
+    with pytest.raises(ConfigErrors) as exc:
+        hostd_config.load(HOSTD_TOML)
+    assert [(e.path, e.message) for e in exc.value.errors] == [("vms", "no VM configured")]
+    res = _hostd_validate(HOSTD_TOML)
+    assert res.returncode == 2 and "no VM configured" in res.stderr, res
+    assert "NO VM is configured" in HOSTD_TOML.read_text()
+
+
+def test_hostd_config_with_the_documented_vm_and_key_validates(tmp_path: Path) -> None:
+    key = tmp_path / "web1.keys"
+    _documented_key(key)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    ring = KeyRing.load(key)
+    assert ring.ids == (1,) and ring.send_id == 1 and len(ring.send_key) == 32
+    conf = tmp_path / "hostd.toml"
+    conf.write_text(HOSTD_TOML.read_text() + "\n" + _example_vm(key))
+    res = _hostd_validate(conf)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"{conf}: OK (1 VM(s), listen 127.0.0.1:7080)"
+    from guardian.hostd import _config as hostd_config
+    spec = hostd_config.load(conf)
+    assert spec.state_dir == Path("/var/lib/guardian-hostd")   # the unit's StateDirectory
+    assert spec.vms["web1"].driver == "xl" and spec.vms["web1"].config == "/etc/xen/web1.cfg"
+
+
+def _hostd_unit() -> configparser.ConfigParser:
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read_string((DEBIAN / "guardian-hostd.service").read_text())
+    return cp
+
+
+def test_hostd_unit_promises() -> None:
+    unit = _hostd_unit()
+    svc = unit["Service"]
+    # guardian-hostd sends no sd_notify: Type=simple
+    assert svc["Type"] == "simple"
+    hostd_src = "\n".join(p.read_text() for p in (TOP / "guardian" / "hostd").glob("*.py"))
+    assert "READY=1" not in hostd_src and "sd_notify" not in hostd_src
+    assert svc["ExecStart"] == "/usr/bin/guardian-hostd run"
+    assert svc["Restart"] == "on-failure"
+    assert svc["RestartPreventExitStatus"] == "2"   # __main__.main: ConfigErrors -> 2
+    assert svc["KillMode"] == "process"             # xl's device models survive
+    assert svc["ProtectSystem"] == "strict"
+    assert svc["ProtectHome"] == "yes"
+    assert svc["NoNewPrivileges"] == "yes"
+    assert svc["StateDirectory"] == "guardian-hostd" and svc["StateDirectoryMode"] == "0700"
+    # the Xen devices must stay reachable: nothing that hides /dev
+    for key in ("PrivateDevices", "DevicePolicy", "DeviceAllow", "CapabilityBoundingSet",
+                "ProtectKernelTunables"):
+        assert key not in svc, key
+    rw = svc["ReadWritePaths"].split()
+    assert "-/var/lib/xen" in rw and "-/run/xenstored" in rw
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    # installed disabled (no VM is configured as shipped)
+    rules = (DEBIAN / "rules").read_text()
+    assert "dh_installsystemd -pguardian-hostd --no-enable" in rules
+
+
+def test_hostd_package_files() -> None:
+    assert (DEBIAN / "guardian-hostd.install").read_text().split() == [
+        "packaging/etc/hostd.toml", "etc/guardian/"]
+    assert (DEBIAN / "guardian-hostd.manpages").read_text().split() == [
+        "packaging/man/guardian-hostd.8"]
+    control = (DEBIAN / "control").read_text()
+    stanza = control.split("Package: guardian-hostd\n", 1)[1]
+    assert "guardian (= ${binary:Version})" in stanza
+    assert "Architecture: all" in stanza
+    postinst = (DEBIAN / "guardian-hostd.postinst").read_text()
+    assert 'mkdir -m 0700 "$KEYDIR"' in postinst
+    assert "KEYDIR=/etc/guardian/hostd-keys" in postinst
+
+
+def test_hostd_man_page_renders_without_warnings() -> None:
+    if shutil.which("groff") is None:
+        pytest.skip("groff is not installed")
+    res = subprocess.run(["groff", "-ww", "-man", "-z", str(PKG / "man" / "guardian-hostd.8")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stderr == "", res.stderr

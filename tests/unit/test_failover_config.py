@@ -102,6 +102,7 @@ announce_count = 5
 announce_interval = "50ms"
 announce_refresh = "0"
 track_interface = false
+unicast_clients = false
 """)
     assert spec.failover is not None
     g = spec.failover.groups["web"]
@@ -118,6 +119,7 @@ track_interface = false
     assert g.notify == ("/usr/local/bin/hook", "--flag") and g.notify_timeout == 5.0
     assert (g.announce_count, g.announce_interval, g.announce_refresh) == (5, 0.05, 0.0)
     assert g.track_interface is False
+    assert g.unicast_clients is False
     assert g.state_dir == "/srv/state"
     assert spec.failover.cold_group("mysql") is g
 
@@ -254,6 +256,7 @@ def test_verify_defaults_to_the_ping_nodes() -> None:
     assert spec.failover is not None
     g = spec.failover.groups["web"]
     assert g.verify == () and g.verify_timeout == 1.0       # no ping nodes: no check
+    assert g.unicast_clients is True                        # on by default
     spec = load(SERVICE + GROUP + 'ping = ["192.0.2.1"]\n')
     assert spec.failover is not None
     assert [str(o) for o in spec.failover.groups["web"].verify] == ["192.0.2.1"]

@@ -37,6 +37,10 @@ class FakeLan:
     overlaps: list[str] = field(default_factory=list)
     #: probes of ``FakeVipOps.converged`` that fail before the observer is convinced
     unconvinced: int = 0
+    #: node -> what its neighbour table lists as recent clients (``FakeVipOps.clients``)
+    clients: dict[str, list[tuple[Any, str]]] = field(default_factory=dict)
+    #: node -> the client lists passed to ``unicast_announce``
+    unicast: dict[str, list[list[tuple[Any, str]]]] = field(default_factory=dict)
 
     def record(self, node: str, op: str, ip: str) -> None:
         self.ops.append((time.monotonic(), node, op, ip))
@@ -97,6 +101,14 @@ class FakeVipOps:
 
     def carrier(self, interface: str) -> bool | None:
         return True
+
+    def clients(self, specs: Sequence[VipSpec]) -> list[tuple[Any, str]]:
+        return list(self.lan.clients.get(self.node, []))
+
+    def unicast_announce(self, spec: VipSpec, clients: Sequence[tuple[Any, str]]) -> int:
+        self.lan.record(self.node, "unicast", str(spec.address))
+        self.lan.unicast.setdefault(self.node, []).append(list(clients))
+        return len(clients)
 
     def converged(self, spec: VipSpec, observer: Any, timeout: float) -> bool:
         """An observer on the fake LAN: convinced once this node holds the VIP and
@@ -614,6 +626,96 @@ def test_no_verify_no_probe(tmp_path: Path, keyfile: Path) -> None:
             assert p.e1.status().get("last_convergence") is None
             assert not [op for _, _, op, _ in p.lan.ops if op == "probe"]
         finally:
+            await p.close()
+
+    run(body)
+
+
+# ---------------------------------------------------------------- recent clients
+C1 = (ipaddress.ip_address("192.0.2.7"), "02:00:00:00:00:07")
+C2 = (ipaddress.ip_address("192.0.2.8"), "02:00:00:00:00:08")
+C_OFF = (ipaddress.ip_address("198.51.100.9"), "02:00:00:00:00:09")  # not on the VIP's net
+
+
+def test_master_clients_reach_the_backup_and_are_told_at_takeover(tmp_path: Path,
+                                                                   keyfile: Path) -> None:
+    async def body() -> None:
+        p = Pair(tmp_path, keyfile, announce_refresh=0.2)
+        p.lan.clients["vm01"] = [C1, C_OFF, C2]
+        p.start()
+        try:
+            await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5,
+                        "settled")
+            await until(lambda: (p.e2.status()["clients_known"] or {}).get("count") == 2,
+                        3, "the client list at the backup")
+            known = p.e2.status()["clients_known"]
+            assert 0 <= known["age"] < 2
+            assert p.e1.status()["clients_sent"] >= 1
+            assert p.e1.status()["clients_known"] is None   # the master got none
+            assert p.e2._known_clients == (C1, C2)
+            # the master dies silently; the backup takes over and tells C1, C2 directly
+            p.tasks[0].cancel()
+            await until(lambda: state(p.e2) == "master", 2, "vm02 master")
+            await until(lambda: (p.e2.last_takeover or {}).get("unicast_clients")
+                        is not None, 2, "the unicast announcement")
+            assert p.e2.status()["last_takeover"]["unicast_clients"] == 2
+            assert p.lan.unicast["vm02"] == [[C1, C2]]
+            ops = [op for _, n, op, _ in p.lan.ops if n == "vm02" and op != "renew"]
+            assert ops[:3] == ["add", "announce", "unicast"], ops  # after the broadcast
+        finally:
+            p.lan.holders.clear()
+            await p.close()
+
+    run(body)
+
+
+def test_unchanged_or_empty_client_lists_are_not_resent(tmp_path: Path,
+                                                        keyfile: Path) -> None:
+    async def body() -> None:
+        p = Pair(tmp_path, keyfile, announce_refresh=0)
+        p.start()
+        try:
+            await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5,
+                        "settled")
+            e = p.e1
+            loop = asyncio.get_running_loop()
+
+            def polled(clients: list[tuple[Any, str]]) -> int:
+                fut: asyncio.Future[list[tuple[Any, str]]] = loop.create_future()
+                fut.set_result(clients)
+                e._clients_polled_done(fut)
+                return e.clients_sent
+
+            assert polled([]) == 0                             # empty: nothing
+            assert polled([C1]) == 1
+            assert [polled([C1]) for _ in range(5)] == [1, 1, 1, 1, 2]  # every 5th
+            assert polled([C2, C1]) == 3                       # changed: at once
+            assert polled([C1, C2]) == 3                       # same set, other order
+            await until(lambda: p.e2._known_clients == (C2, C1), 1, "the latest list")
+        finally:
+            await p.close()
+
+    run(body)
+
+
+def test_unicast_clients_off_sends_and_uses_nothing(tmp_path: Path, keyfile: Path) -> None:
+    async def body() -> None:
+        p = Pair(tmp_path, keyfile, announce_refresh=0.2, unicast_clients=False)
+        p.lan.clients["vm01"] = [C1]
+        p.start()
+        try:
+            await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5,
+                        "settled")
+            await asyncio.sleep(1.3)                          # past the first renewal
+            assert p.e1.status()["clients_sent"] == 0
+            assert p.e2.status()["clients_known"] is None
+            p.tasks[0].cancel()
+            await until(lambda: state(p.e2) == "master", 2, "vm02 master")
+            await until(lambda: p.e2.last_takeover is not None, 1, "takeover")
+            assert p.e2.status()["last_takeover"]["unicast_clients"] == 0
+            assert "vm02" not in p.lan.unicast
+        finally:
+            p.lan.holders.clear()
             await p.close()
 
     run(body)

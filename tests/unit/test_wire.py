@@ -13,6 +13,8 @@ import pytest
 
 from ipfailover._states import PairState
 from ipfailover._wire import (
+    MAC_SIZE,
+    MAX_CLIENTS,
     MAX_SIZE,
     MIN_SIZE,
     Body,
@@ -30,6 +32,7 @@ from ipfailover._wire import (
     ReplayGuard,
     decode,
     encode,
+    mac_bytes,
 )
 
 K1 = bytes(range(32))
@@ -80,6 +83,95 @@ def test_largest_message_fits_the_bound() -> None:
     assert decode(data, RING).reason == "r" * 64          # clipped to the bound
 
 
+def clients_v4_v6(n: int = MAX_CLIENTS) -> tuple[tuple[ipaddress.IPv4Address
+                                                        | ipaddress.IPv6Address, str], ...]:
+    out: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]] = []
+    for i in range(n):
+        ip = (ipaddress.ip_address(f"192.0.2.{10 + i}") if i % 2
+              else ipaddress.ip_address(f"2001:db8::{10 + i:x}"))
+        out.append((ip, f"02:00:5e:00:{i:02x}:ff"))
+    return tuple(out)
+
+
+def test_clients_round_trip_ipv4_and_ipv6() -> None:
+    msg = message(type=MsgType.CLIENTS, clients=clients_v4_v6())
+    out = decode(encode(msg, RING), RING, group="web")
+    assert out == replace(msg, key_id=1)
+    assert out.clients[1] == (ipaddress.ip_address("192.0.2.11"), "02:00:5e:00:01:ff")
+    assert out.clients[0][0] == ipaddress.ip_address("2001:db8::a")
+    # upper case and dashes are normalised to lower-case colons
+    msg = message(type=MsgType.CLIENTS,
+                  clients=((ipaddress.ip_address("192.0.2.7"), "02-AA-BB-CC-DD-EE"),))
+    assert decode(encode(msg, RING), RING).clients == (
+        (ipaddress.ip_address("192.0.2.7"), "02:aa:bb:cc:dd:ee"),)
+    assert mac_bytes("02:aa:bb:cc:dd:ee") == bytes.fromhex("02aabbccddee")
+
+
+def test_largest_clients_message_fits_the_bound() -> None:
+    msg = message(type=MsgType.CLIENTS, group="g" * 32, node="n" * 64, reason="r" * 64,
+                  vips=tuple(ipaddress.ip_address(f"2001:db8::{i}") for i in range(8)),
+                  peer_seqs=(2**64 - 1,) * 8,
+                  clients=tuple((ipaddress.ip_address(f"2001:db8::1:{i:x}"),
+                                 "ff:ff:ff:ff:ff:ff") for i in range(MAX_CLIENTS)))
+    data = encode(msg, RING)
+    assert len(data) == 820 <= MAX_SIZE
+    assert len(decode(data, RING).clients) == MAX_CLIENTS
+
+
+def test_clients_section_garbage_is_dropped() -> None:
+    import hashlib
+    import hmac
+
+    good = encode(message(type=MsgType.CLIENTS, vips=(), peer_seqs=(),
+                          clients=clients_v4_v6(1)), RING)
+    body = good[:-MAC_SIZE]
+    start = len(body) - (1 + 1 + 16 + 6)              # the client count byte
+
+    def signed(b: bytes) -> bytes:
+        return b + hmac.new(K1, b, hashlib.sha256).digest()
+
+    assert dropped(signed(body[:start] + bytes([MAX_CLIENTS + 1]) + body[start + 1:])) \
+        is D.GARBAGE                                   # too many
+    assert dropped(signed(body[:start + 1] + b"\x05" + body[start + 2:])) is D.GARBAGE
+    assert dropped(signed(body[:start] + b"\x02" + body[start + 1:])) is D.TRUNCATED
+    assert dropped(signed(body[:-1])) is D.TRUNCATED   # MAC address cut short
+    assert dropped(signed(body + b"\x00")) is D.GARBAGE  # stray byte
+
+
+def test_fuzz_clients_messages_only_ever_drop() -> None:
+    """Mangled CLIENTS packets are dropped; signed ones with random client sections
+    either decode or raise Drop, never anything else."""
+    import hashlib
+    import hmac
+
+    rng = random.Random(20261126)
+    good = encode(message(type=MsgType.CLIENTS, clients=clients_v4_v6()), RING)
+    for n in range(len(good)):
+        with pytest.raises(Drop):
+            decode(good[:n], RING, group="web")
+    for i in range(len(good) * 8):
+        flipped = bytearray(good)
+        flipped[i // 8] ^= 1 << (i % 8)
+        with pytest.raises(Drop):
+            decode(bytes(flipped), RING, group="web")
+    head = encode(message(type=MsgType.CLIENTS, clients=()), RING)[:-MAC_SIZE - 1]
+    decoded = 0
+    for _ in range(3000):
+        tail = bytes([rng.randrange(0, MAX_CLIENTS + 3)])
+        for _ in range(rng.randrange(0, 20)):
+            fam = rng.choice((4, 6, 4, 6, rng.getrandbits(8)))
+            size = {4: 4, 6: 16}.get(fam, 8) + rng.choice((6, 6, 6, 5, 7))
+            tail += bytes([fam]) + bytes(rng.getrandbits(8) for _ in range(size))
+        body = head + tail
+        data = body + hmac.new(K1, body, hashlib.sha256).digest()
+        try:
+            decode(data, RING, group="web")
+            decoded += 1
+        except Drop:
+            pass
+    assert decoded > 0
+
+
 def test_reason_is_clipped_on_a_character_boundary() -> None:
     data = encode(message(reason="é" * 40), RING)          # 80 bytes of UTF-8
     assert decode(data, RING).reason == "é" * 32
@@ -90,6 +182,10 @@ def test_reason_is_clipped_on_a_character_boundary() -> None:
     {"interval_ms": 0}, {"boot_id": b"short"}, {"seq": -1}, {"seq": 2**64},
     {"vips": tuple(ipaddress.ip_address(f"192.0.2.{i}") for i in range(9))},
     {"peer_seqs": (1,) * 9},
+    {"clients": tuple((ipaddress.ip_address(f"192.0.2.{i}"), "02:00:00:00:00:01")
+                      for i in range(MAX_CLIENTS + 1))},
+    {"clients": ((ipaddress.ip_address("192.0.2.1"), "02:00:00:00:01"),)},
+    {"clients": ((ipaddress.ip_address("192.0.2.1"), "not a mac"),)},
 ])
 def test_encode_refuses_out_of_bounds_fields(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):

@@ -1,0 +1,147 @@
+"""The ``Channel`` interface, finding a channel by name (built-ins, the
+``guardian.escalations`` entry-point group, ``module:Class``), and where this
+VM's identity (UUID, incarnation) comes from."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import os
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from checks._registry import import_object
+
+from .._model import EscalationSpec
+from ._request import Answer, Request
+
+ENTRY_POINT_GROUP = "guardian.escalations"
+
+_BUILTINS = {
+    "http": "guardian.escalation._http:HttpChannel",
+    "exec": "guardian.escalation._exec:ExecChannel",
+    "xenstore": "guardian.escalation._xenstore:XenstoreChannel",
+}
+
+HYPERVISOR_UUID = Path("/sys/hypervisor/uuid")
+_NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+class ChannelConfigError(ValueError):
+    """A channel cannot be built from the spec; ``key`` names the ``[escalation]`` key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+class UnknownChannelError(LookupError):
+    """No channel of that name is built in, published, or importable."""
+
+
+class Channel(abc.ABC):
+    """One way to reach dom0.  ``send`` and ``poll`` return an ``Answer`` or raise
+    ``EscalationError`` (transient: retried).  Both honour ``deadline``
+    (``time.monotonic()``)."""
+
+    name = "channel"
+
+    def __init__(self, spec: EscalationSpec) -> None:
+        self.spec = spec
+
+    @classmethod
+    def from_spec(cls, spec: EscalationSpec) -> Channel:
+        """Build and validate; raise ``ChannelConfigError`` for a bad setting."""
+        return cls(spec)
+
+    @abc.abstractmethod
+    async def send(self, request: Request, deadline: float) -> Answer: ...
+
+    @abc.abstractmethod
+    async def poll(self, request_id: str, deadline: float) -> Answer: ...
+
+    def describe(self) -> str:
+        return self.name
+
+    async def incarnation(self, deadline: float) -> int | None:
+        """This VM's incarnation as published by dom0; None when unknown."""
+        return read_incarnation_file(Path(self.spec.incarnation_file))
+
+    async def vm_uuid(self, deadline: float) -> str:
+        return vm_uuid(self.spec)
+
+
+def read_incarnation_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def vm_uuid(spec: EscalationSpec, hypervisor: Path = HYPERVISOR_UUID) -> str:
+    """``/sys/hypervisor/uuid`` inside a Xen guest, else the configured ``vm_uuid``."""
+    with contextlib.suppress(OSError):
+        text = hypervisor.read_text().strip()
+        if text and text != _NIL_UUID:
+            return text
+    return spec.vm_uuid
+
+
+def available_channels() -> dict[str, str]:
+    found = dict(_BUILTINS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def _check(obj: object, what: str) -> type[Channel]:
+    if not (isinstance(obj, type) and issubclass(obj, Channel)):
+        raise UnknownChannelError(f"{what} is not a guardian.escalation.Channel subclass")
+    return obj
+
+
+def load_channel_class(name: str) -> type[Channel]:
+    """Resolve ``name`` (``http``, an entry-point name, or ``pkg.mod:Class``)."""
+    if ":" in name:
+        return _check(import_object(name, UnknownChannelError), repr(name))
+    if name in _BUILTINS:
+        return _check(import_object(_BUILTINS[name], UnknownChannelError), repr(name))
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plug-in is a config error
+                raise UnknownChannelError(
+                    f"escalation channel {name!r} failed to load: {exc}") from None
+            return _check(obj, f"entry point {name!r}")
+    known = ", ".join(sorted(available_channels()))
+    raise UnknownChannelError(
+        f"unknown escalation channel {name!r} (known: {known}; or module:Class)")
+
+
+def build_channel(spec: EscalationSpec) -> Channel:
+    return load_channel_class(spec.channel).from_spec(spec)
+
+
+async def run_program(argv: list[str], stdin: bytes, env: dict[str, str],
+                      deadline: float) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` with ``stdin``; (exit status, stdout, stderr).  Kills its process
+    group and raises TimeoutError at ``deadline``; OSError if it cannot start."""
+    import time
+
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            out, err = await proc.communicate(stdin)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(proc.wait())
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out, err
