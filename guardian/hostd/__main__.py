@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
 
 from checks import ConfigErrors
+from guardian._supervisor import notify
 
 from . import _config
 from ._app import build
@@ -34,19 +36,39 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+
 async def _serve(config: str) -> int:
     spec = _config.load(config)
     hostd = build(spec)
     host, port = await hostd.server.start(spec.host, spec.port)
-    logging.getLogger("guardian.hostd").info("guardian-hostd listening on %s:%d", host, port)
+    log = logging.getLogger("guardian.hostd")
+    log.info("guardian-hostd listening on %s:%d", host, port)
+    if not spec.vms:
+        log.warning("no VM configured: every request is refused until you add one")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # systemd (Type=notify): ready once the port is bound; the watchdog is petted from
+    # this event loop, so a wedged loop gets hostd restarted
+    notify(f"READY=1\nSTATUS=listening on {host}:{port}, {len(spec.vms)} VM(s)")
+    pet = asyncio.create_task(_watchdog())
     await stop.wait()
+    notify("STOPPING=1")
+    pet.cancel()
     await hostd.server.close()
     hostd.journal.close()
     return 0
+
+
+async def _watchdog() -> None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        return
+    period = max(0.5, int(usec) / 1e6 / 2)
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(period)
 
 
 def _status(config: str, as_json: bool, tail: int) -> int:
@@ -83,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec = _config.load(args.config)
             print(f"{args.config}: OK ({len(spec.vms)} VM(s), listen "
                   f"{spec.host}:{spec.port})")
+            if not spec.vms:
+                print(f"{args.config}: no VM configured: guardian-hostd refuses every "
+                      "request until you add one ([vms.NAME])")
             return 0
         if args.command == "status":
             return _status(args.config, args.json, args.tail)

@@ -454,10 +454,10 @@ def test_hostd_help_and_shebang(installed: Installed) -> None:
 
 
 def test_hostd_validate_shipped_config_says_no_vm(installed: Installed) -> None:
-    """As shipped: valid but for the missing VM, which guardian-hostd refuses."""
+    """As shipped: valid, with no VM configured, and it says so."""
     res = installed.chroot.run("/usr/bin/guardian-hostd", "validate", check=False)
-    assert res.returncode == 2, res
-    assert "vms: no VM configured" in res.stderr, res.stderr
+    assert res.returncode == 0, res
+    assert "no VM configured" in res.stdout, res.stdout
 
 
 def test_hostd_keydir_and_unit_disabled(installed: Installed) -> None:

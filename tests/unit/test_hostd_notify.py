@@ -1,0 +1,55 @@
+"""guardian-hostd under systemd's Type=notify: READY once the port is bound, the
+watchdog petted from the event loop, STOPPING on SIGTERM; no VM configured is a
+valid (if idle) configuration."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from unit_helpers import free_port
+
+
+def test_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    port = free_port()
+    conf = tmp_path / "hostd.toml"
+    conf.write_text(f'[hostd]\nlisten = "127.0.0.1:{port}"\nstate_dir = "{tmp_path}/state"\n')
+    check = subprocess.run([sys.executable, "-m", "guardian.hostd", "validate", "--config",
+                            str(conf)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    assert "no VM configured" in check.stdout
+
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(10)
+        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="1000000")
+        env.pop("WATCHDOG_PID", None)
+        proc = subprocess.Popen([sys.executable, "-m", "guardian.hostd", "run", "--config",
+                                 str(conf)], env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            ready = sock.recv(4096).decode()
+            assert ready.startswith("READY=1"), ready
+            # the port is bound by the time READY arrives
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                pass
+            pets = 0
+            deadline = time.monotonic() + 3
+            while pets < 2 and time.monotonic() < deadline:
+                if sock.recv(4096).decode() == "WATCHDOG=1":
+                    pets += 1
+            assert pets >= 2
+            proc.send_signal(signal.SIGTERM)
+            msgs = []
+            while "STOPPING=1" not in msgs:
+                msgs.append(sock.recv(4096).decode())
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
