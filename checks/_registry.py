@@ -47,6 +47,20 @@ def _import_path(path: str) -> type[Check]:
     return obj
 
 
+def load_entry_point(group: str, name: str, error: type[Exception],
+                     what: str) -> object | None:
+    """The object the entry point ``name`` of ``group`` names (None: there is none);
+    ``error`` when it fails to load (a broken plug-in is a config error)."""
+    for ep in entry_points(group=group):
+        if ep.name == name:
+            try:
+                obj: object = ep.load()
+            except Exception as exc:  # noqa: BLE001 - handed on as a config error
+                raise error(f"{what} plug-in {name!r} failed to load: {exc}") from None
+            return obj
+    return None
+
+
 def available_checks() -> dict[str, str]:
     """Every check name known without importing it: name -> ``module:Class``."""
     found = dict(_BUILTINS)
@@ -61,14 +75,10 @@ def load_check_class(name: str) -> type[Check]:
         return _import_path(name)
     if name in _BUILTINS:
         return _import_path(_BUILTINS[name])
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            try:
-                obj = ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plug-in is a config error
-                raise UnknownCheckError(f"check plug-in {name!r} failed to load: {exc}") from None
-            if not (isinstance(obj, type) and issubclass(obj, Check)):
-                raise UnknownCheckError(f"entry point {name!r} is not a checks.Check subclass")
-            return obj
+    obj = load_entry_point(ENTRY_POINT_GROUP, name, UnknownCheckError, "check")
+    if obj is not None:
+        if not (isinstance(obj, type) and issubclass(obj, Check)):
+            raise UnknownCheckError(f"entry point {name!r} is not a checks.Check subclass")
+        return obj
     known = ", ".join(sorted(available_checks()))
     raise UnknownCheckError(f"unknown check type {name!r} (known: {known}; or module:Class)")

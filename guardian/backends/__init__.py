@@ -19,7 +19,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from checks._registry import import_object
+from checks._registry import import_object, load_entry_point
 
 from ._base import Backend, BackendError, Controller, UnitEvent, UnitState, UnitStatus
 from .command import CommandBackend
@@ -96,14 +96,9 @@ def load_backend_class(name: str) -> type[Backend]:
         return _builtin(name)
     if ":" in name:
         return _import_path(name)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            try:
-                obj = ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plug-in is a config error
-                raise UnknownBackendError(
-                    f"backend plug-in {name!r} failed to load: {exc}") from None
-            return _check_class(obj, f"entry point {name!r}")
+    obj = load_entry_point(ENTRY_POINT_GROUP, name, UnknownBackendError, "backend")
+    if obj is not None:
+        return _check_class(obj, f"entry point {name!r}")
     known = ", ".join(sorted(available_backends()))
     raise UnknownBackendError(f"unknown backend {name!r} (known: {known}; or module:Class)")
 

@@ -11,7 +11,7 @@ import os
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from checks._registry import import_object
+from checks._registry import import_object, load_entry_point
 
 from .._model import EscalationSpec
 from ._request import Answer, Request
@@ -108,14 +108,10 @@ def load_channel_class(name: str) -> type[Channel]:
         return _check(import_object(name, UnknownChannelError), repr(name))
     if name in _BUILTINS:
         return _check(import_object(_BUILTINS[name], UnknownChannelError), repr(name))
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            try:
-                obj = ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plug-in is a config error
-                raise UnknownChannelError(
-                    f"escalation channel {name!r} failed to load: {exc}") from None
-            return _check(obj, f"entry point {name!r}")
+    obj = load_entry_point(ENTRY_POINT_GROUP, name, UnknownChannelError,
+                           "escalation channel")
+    if obj is not None:
+        return _check(obj, f"entry point {name!r}")
     known = ", ".join(sorted(available_channels()))
     raise UnknownChannelError(
         f"unknown escalation channel {name!r} (known: {known}; or module:Class)")

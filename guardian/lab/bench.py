@@ -957,13 +957,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; the lab was removed", file=sys.stderr)
         return 130
+    return report_and_save(records, format_report(records), started, args.json)
+
+
+def report_and_save(records: list[dict[str, Any]], report: str, started: float,
+                    json_path: Path | None) -> int:
+    """Print the report and the time taken, write the JSON records; the exit status
+    (1 when any run failed)."""
     _check_finite(records)
-    took = time.monotonic() - started
-    print(format_report(records))
-    print(f"\nbenchmark took {took:.0f} s")
-    if args.json is not None:
-        args.json.write_text(json.dumps(records, indent=2) + "\n")
-        print(f"records written to {args.json}")
+    print(report)
+    print(f"\nbenchmark took {time.monotonic() - started:.0f} s")
+    if json_path is not None:
+        json_path.write_text(json.dumps(records, indent=2) + "\n")
+        print(f"records written to {json_path}")
     return 1 if any(r.get("failures") for r in records) else 0
 
 

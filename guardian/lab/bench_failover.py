@@ -107,13 +107,13 @@ from .bench import (
     SYSTEM_ERRORS,
     Log,
     OutageClock,
-    _check_finite,
     _csv,
     _first,
     _fmt_s,
     _round,
     _stderr,
     _wrap,
+    report_and_save,
 )
 
 # ---------------------------------------------------------------- names
@@ -1499,14 +1499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench_failover: interrupted; the lab was removed", file=sys.stderr)
         return 130
-    _check_finite(records)
-    took = time.monotonic() - started
-    print(format_report(records))
-    print(f"\nbenchmark took {took:.0f} s")
-    if args.json is not None:
-        args.json.write_text(json.dumps(records, indent=2) + "\n")
-        print(f"records written to {args.json}")
-    return 1 if any(r.get("failures") for r in records) else 0
+    return report_and_save(records, format_report(records), started, args.json)
 
 
 if __name__ == "__main__":
