@@ -314,15 +314,21 @@ def test_entry_points_and_bookworm_libraries(installed: Installed) -> None:
         "import checks.http, checks.dns, checks.smtp, checks.tcp, checks.exec\n"
         "import guardian, ipfailover\n"
         "eps = {g: sorted(e.name for e in md.entry_points(group=g))\n"
-        "       for g in ('guardian.checks', 'guardian.backends')}\n"
+        "       for g in ('guardian.checks', 'guardian.backends', 'guardian.escalations')}\n"
+        "import guardian.escalation\n"
+        "chans = {n: md.entry_points(group='guardian.escalations', name=n)[n].load().__name__\n"
+        "         for n in ('http', 'exec', 'xenstore')}\n"
         "missing = [str(f) for f in md.files('guardian') if not f.locate().exists()]\n"
-        "print(json.dumps({'eps': eps, 'requests': requests.__version__,\n"
+        "print(json.dumps({'eps': eps, 'chans': chans, 'requests': requests.__version__,\n"
         "                  'dnspython': dns.version.version, 'missing': missing,\n"
         "                  'dist': str(md.distribution('guardian')._path)}))\n"
     )
     out = json.loads(installed.chroot.run("/usr/bin/python3", "-c", code).stdout)
     assert {"http", "dns", "smtp", "tcp", "exec"} <= set(out["eps"]["guardian.checks"])
     assert {"supervisord", "systemd", "lsb", "command"} <= set(out["eps"]["guardian.backends"])
+    assert set(out["eps"]["guardian.escalations"]) >= {"http", "exec", "xenstore"}
+    assert out["chans"] == {"http": "HttpChannel", "exec": "ExecChannel",
+                            "xenstore": "XenstoreChannel"}
     assert out["requests"].startswith("2.28.") and out["dnspython"].startswith("2.3.")
     assert out["dist"] == DIST_INFO
     assert out["missing"] == []   # RECORD matches what is installed (guardian.lab left out)
