@@ -281,6 +281,13 @@ def format_status_table(status: dict[str, Any]) -> str:
         out.append("  (no service enabled: see /etc/guardian/conf.d/)")
     for g in status.get("failover", []):
         out.extend(format_failover(g))
+    for e in status.get("escalations", []):
+        retry = (f", next attempt in {_age(e['next_retry'])}"
+                 if isinstance(e.get("next_retry"), (int, float)) else "")
+        out.append(f"escalation {e.get('request_id', '?')}: {e.get('action')} for "
+                   f"{e.get('service')} (incarnation {e.get('incarnation')}): "
+                   f"{str(e.get('state')).upper()} after {e.get('attempts', 0)} attempt(s)"
+                   f"{retry}" + (f": {e['detail']}" if e.get("detail") else ""))
     reload_error = status.get("last_reload_error")
     if reload_error:
         out.append("last reload refused; the running configuration stays:")
@@ -340,6 +347,10 @@ def format_failover(g: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"  converged:  NOT SHOWN ({', '.join(lc.get('missing', []))}; "
                          f"{rounds}), {_age(lc.get('age'))} ago")
+    known = g.get("clients_known")
+    if isinstance(known, dict) and known.get("count"):
+        lines.append(f"  clients:    {known['count']} recent client(s) of the VIPs known from "
+                     f"the master, {_age(known.get('age'))} old (told directly at takeover)")
     drops = g.get("drops") or {}
     if drops:
         lines.append("  dropped:    " + ", ".join(f"{k} {v}" for k, v in drops.items()))
