@@ -51,11 +51,21 @@ async def _serve(config: str) -> int:
         loop.add_signal_handler(sig, stop.set)
     # systemd (Type=notify): ready once the port is bound; the watchdog is petted from
     # this event loop, so a wedged loop gets hostd restarted
+    metrics_server = None
+    if spec.metrics_listen:
+        from guardian._metrics import MetricsError
+
+        try:
+            metrics_server = await hostd.metrics.serve(spec.metrics_listen)
+        except MetricsError as exc:
+            log.error("metrics listener not started: %s", exc)
     notify(f"READY=1\nSTATUS=listening on {host}:{port}, {len(spec.vms)} VM(s)")
     pet = asyncio.create_task(_watchdog())
     await stop.wait()
     notify("STOPPING=1")
     pet.cancel()
+    if metrics_server is not None:
+        await metrics_server.close()
     await hostd.server.close()
     hostd.journal.close()
     return 0

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from guardian._metrics import Metrics
 from ipfailover._wire import KeyRing
 
 from ._auth import Verifier
@@ -22,6 +25,7 @@ class Hostd:
     verifier: Verifier
     server: HostdServer
     journal: Journal
+    metrics: Metrics
 
 
 def build(spec: HostdSpec, *, drivers: Mapping[str, Driver] | None = None,
@@ -32,8 +36,24 @@ def build(spec: HostdSpec, *, drivers: Mapping[str, Driver] | None = None,
     for name, vm in spec.vms.items():
         chosen[name] = (drivers or {}).get(name) or build_driver(vm)
         rings[name] = vm.keys if vm.keys is not None else KeyRing.load(vm.key_file)
-    journal = Journal(spec.journal_dir)
+    from guardian import __version__
+
+    metrics = Metrics(__version__)
+    journal = CountingJournal(spec.journal_dir, metrics)
     engine = Engine(spec.vms, spec.policy, chosen, StateStore(spec.state_dir), journal,
                     clock, poll_interval=poll_interval)
     verifier = Verifier(rings, wall=engine.clock.wall)
-    return Hostd(spec, engine, verifier, HostdServer(engine, verifier), journal)
+    return Hostd(spec, engine, verifier, HostdServer(engine, verifier), journal, metrics)
+
+
+class CountingJournal(Journal):
+    """The decision journal, also counting decisions for Prometheus
+    (``guardian_hostd_decisions_total{decision}``)."""
+
+    def __init__(self, journal_dir: Path | str, metrics: Metrics) -> None:
+        super().__init__(journal_dir)
+        self.metrics = metrics
+
+    def append(self, record: dict[str, Any]) -> None:
+        super().append(record)
+        self.metrics.hostd_decision(str(record.get("decision", "unknown")))

@@ -71,6 +71,8 @@ class HostdSpec:
     journal_dir: Path
     policy: PolicySpec
     vms: Mapping[str, VMSpec]
+    #: Prometheus metrics listener ("" off): "127.0.0.1:9818" or "unix:/run/.../metrics.sock"
+    metrics_listen: str = ""
 
 
 def parse_listen(value: object) -> tuple[str, int]:
@@ -138,6 +140,7 @@ def parse(data: Mapping[str, Any], source: str = "<config>", *,
     host, port = "127.0.0.1", DEFAULT_PORT
     state_dir = DEFAULT_STATE_DIR
     journal_dir: Path | None = None
+    metrics_listen = ""
     policy = PolicySpec()
     vms: dict[str, VMSpec] = {}
     try:
@@ -146,6 +149,15 @@ def parse(data: Mapping[str, Any], source: str = "<config>", *,
         state_dir = Path(h.str("state_dir", str(DEFAULT_STATE_DIR)))
         j = h.str("journal", None)
         journal_dir = Path(j) if j is not None else None
+        metrics_listen = h.str("metrics_listen", "")
+        if metrics_listen:
+            from guardian._metrics import MetricsError
+            from guardian._metrics import parse_listen as metrics_addr
+
+            try:
+                metrics_addr(metrics_listen)
+            except MetricsError as exc:
+                raise h.error("metrics_listen", str(exc)) from None
         h.finish()
     except ConfigError as exc:
         errors.append(exc)
@@ -186,7 +198,7 @@ def parse(data: Mapping[str, Any], source: str = "<config>", *,
         raise ConfigErrors(errors)
     return HostdSpec(source=source, host=host, port=port, state_dir=state_dir,
                      journal_dir=journal_dir if journal_dir is not None else state_dir,
-                     policy=policy, vms=vms)
+                     policy=policy, vms=vms, metrics_listen=metrics_listen)
 
 
 def _vm(o: Options, name: str, load_keys: bool) -> VMSpec:

@@ -53,3 +53,22 @@ def test_ready_watchdog_and_stopping(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_decisions_are_counted_for_prometheus(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from guardian._metrics import Metrics
+    from guardian.hostd._app import CountingJournal
+
+    metrics = Metrics("test")
+    journal = CountingJournal(tmp_path / "journal", metrics)
+    journal.append({"decision": "accepted", "vm": "vm01"})
+    journal.append({"decision": "rate-limited", "vm": "vm01"})
+    journal.append({"decision": "accepted", "vm": "vm02"})
+    journal.close()
+    fams = {f.name: f for f in text_string_to_metric_families(metrics.text())}
+    got = {s.labels["decision"]: s.value for s in fams["guardian_hostd_decisions"].samples
+           if s.name.endswith("_total")}
+    assert got == {"accepted": 2.0, "rate-limited": 1.0}
+    assert len((tmp_path / "journal" / "journal.jsonl").read_text().splitlines()) == 3
