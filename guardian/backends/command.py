@@ -22,6 +22,8 @@ running; stale pid: exited; no file: stopped); with neither it is unknown.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import ClassVar
 
 from checks import Options
@@ -36,6 +38,8 @@ from ._proc import (
     to_command,
 )
 
+#: How long ``start`` waits for a daemonizing command's pidfile to name a live pid.
+PIDFILE_WAIT = 5.0
 
 class CommandController(Controller):
     def __init__(self, service: str, start: tuple[str, ...], stop: tuple[str, ...] | None,
@@ -59,6 +63,21 @@ class CommandController(Controller):
 
     async def start(self, deadline: float) -> None:
         await self._run(self.start_command, deadline, "start")
+        await self._settle_pidfile(deadline)
+
+    async def _settle_pidfile(self, deadline: float) -> None:
+        """A daemonizing start command may return before the daemon has written its
+        pidfile: until it names a live process, the file still holds the dead pid of
+        the previous run, which a status would take for a new crash.  Wait for it,
+        for at most ``PIDFILE_WAIT`` seconds (then the status says what it finds)."""
+        if self.pidfile is None:
+            return
+        limit = min(deadline, time.monotonic() + PIDFILE_WAIT)
+        while time.monotonic() < limit:
+            pid = read_pidfile(self.pidfile)
+            if pid is not None and pid_alive(pid):
+                return
+            await asyncio.sleep(0.01)
 
     async def stop(self, deadline: float) -> None:
         if self.stop_command is not None:
@@ -76,6 +95,7 @@ class CommandController(Controller):
     async def restart(self, deadline: float) -> None:
         if self.restart_command is not None:
             await self._run(self.restart_command, deadline, "restart")
+            await self._settle_pidfile(deadline)
             return
         # stop, then start whatever stop said: stopping a dead service often fails
         try:
