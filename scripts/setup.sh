@@ -16,6 +16,8 @@ APT_PACKAGES=(
     # building the Debian package (make deb) and its test (debootstrap)
     debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel
     python3-dnspython python3-requests lintian debootstrap
+    # the lab tier once more on bookworm's own libraries (what the .deb runs with)
+    python3-pytest python3-pyroute2 python3-scapy python3-prometheus-client
 )
 
 missing=()
