@@ -419,11 +419,6 @@ def _parse_service(name: str, source: str, tbl: Mapping[str, Any],
     if not ladder:
         warnings.append(f"{source}: {path}: empty ladder: when the budget is spent nothing but "
                         "slow retries happen and nobody is told")
-    for i, step in enumerate(ladder):
-        if step.action is LadderAction.ESCALATE:
-            warnings.append(
-                f"{source}: {path}.ladder[{i}]: {step.action.value} is not available in this "
-                "build yet; the step will be logged only")
     spec = ServiceSpec(
         name=name, backend=backend_name, controller_options=controller_options,
         checks=tuple(checks), rise=rise, fall=fall, start_grace=start_grace,
