@@ -14,14 +14,12 @@ accepted (hostd's journal) -> VM serving again (client), and the VM's boot time.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import http.client
 import json
 import os
 import re
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_helpers import HostdInDom0, LabVMDriver
 
 from guardian.hostd import DomainState, Hostd, HostdSpec, PolicySpec, VMSpec, build, sign
 from guardian.lab import (
@@ -92,46 +91,31 @@ retry_max = "2s"
 """
 
 
-class LabVMDriver:
-    """destroy() -> VM.destroy(); create() -> VM.boot() + publish hostd's incarnation
-    in the new VM; state() "running"/"absent" from VM.running. Lab operations run in
-    the root network namespace (a worker thread started from the test's thread)."""
+class RecordingLabVMDriver(LabVMDriver):
+    """The lab driver, also publishing hostd's incarnation in the new VM and timing
+    the boot; records the states seen after the destroy (confirm death)."""
 
     def __init__(self, vm: VM, root_ns: ThreadPoolExecutor) -> None:
-        self.vm = vm
-        self.root_ns = root_ns
+        super().__init__(vm, root_ns)
         self.hostd: Hostd | None = None
-        self.calls: list[str] = []
         self.states_after_destroy: list[DomainState] = []
         self.boot_s: float | None = None
         self.boot_done_wall: float | None = None
 
-    def _root(self, fn: Callable[[], Any]) -> Any:
-        return self.root_ns.submit(fn).result(60)
-
     def state(self) -> DomainState:
-        st = DomainState.RUNNING if self.vm.running else DomainState.ABSENT
+        st = super().state()
         if self.calls and self.calls[-1] == "destroy":
             self.states_after_destroy.append(st)
         return st
 
-    def destroy(self) -> None:
-        self.calls.append("destroy")
-        self._root(self.vm.destroy)
-
-    def create(self) -> None:
-        self.calls.append("create")
+    def boot(self) -> None:
         assert self.hostd is not None
         inc = self.hostd.engine.store.incarnation(self.vm.name)  # persisted before create
-
-        def boot() -> None:
-            t0 = time.monotonic()
-            self.vm.boot()
-            self.boot_s = time.monotonic() - t0
-            self.boot_done_wall = time.time()
-            publish_incarnation(self.vm, inc)
-
-        self._root(boot)
+        t0 = time.monotonic()
+        super().boot()
+        self.boot_s = time.monotonic() - t0
+        self.boot_done_wall = time.time()
+        publish_incarnation(self.vm, inc)
 
 
 def publish_incarnation(vm: VM, incarnation: int) -> None:
@@ -213,7 +197,7 @@ def test_escalation_over_http_recreates_vm(make_lab: Callable[[], Lab], tmp_path
     vm.wait_ready(timeout=30)
     old_holder = vm.holder_pid
 
-    driver = LabVMDriver(vm, root_ns)
+    driver = RecordingLabVMDriver(vm, root_ns)
     spec = HostdSpec(
         source="lab", host=DOM0_IP, port=PORT, state_dir=tmp_path, journal_dir=tmp_path,
         policy=PolicySpec(min_interval=600, max_per_day=3, confirm_timeout=15),
@@ -222,21 +206,7 @@ def test_escalation_over_http_recreates_vm(make_lab: Callable[[], Lab], tmp_path
     )
     hostd = build(spec, drivers={"vm01": driver}, poll_interval=0.05)
     driver.hostd = hostd
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def serve() -> None:  # runs in a thread inside dom0's network namespace
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(hostd.server.start(DOM0_IP, PORT))
-        ready.set()
-        loop.run_forever()
-
-    thread_box: list[threading.Thread] = []
-
-    def start_in_dom0() -> None:
-        t = threading.Thread(target=serve, name="hostd-dom0", daemon=True)
-        t.start()  # a thread started from a dom0 thread lives in dom0's namespace
-        thread_box.append(t)
+    server = HostdInDom0(dom0, hostd, DOM0_IP, PORT)
 
     guardiands: list[Guardiand] = []
 
@@ -250,8 +220,7 @@ def test_escalation_over_http_recreates_vm(make_lab: Callable[[], Lab], tmp_path
         g.wait_state("apache2", "up", timeout=10)
         return g
 
-    dom0.call(start_in_dom0)
-    assert ready.wait(10), "hostd did not start in dom0"
+    server.start()
     try:
         g1 = start_guardiand(1)
         assert g1.status()["escalations"] == []
@@ -343,12 +312,7 @@ def test_escalation_over_http_recreates_vm(make_lab: Callable[[], Lab], tmp_path
                 g.stop()
             except Exception as exc:  # noqa: BLE001 - stop the rest, then report
                 errors.append(repr(exc))
-        asyncio.run_coroutine_threadsafe(hostd.server.close(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        for t in thread_box:
-            t.join(10)
-        loop.close()
-        hostd.journal.close()
+        server.stop()
         for g in guardiands:
             print(f"--- {g.log_path.name}\n{g.log()[-4000:]}")
     assert not errors, errors

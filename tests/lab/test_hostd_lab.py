@@ -9,11 +9,9 @@ the test's (root-namespace) thread; hostd's own threads live in dom0's namespace
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_helpers import HostdInDom0, LabVMDriver
 
-from guardian.hostd import DomainState, HostdSpec, PolicySpec, VMSpec, build, sign
-from guardian.lab import DOM0_IP, VM, VM01_IP, Lab
+from guardian.hostd import HostdSpec, PolicySpec, VMSpec, build, sign
+from guardian.lab import DOM0_IP, VM01_IP, Lab
 from ipfailover._wire import KeyRing
 
 pytestmark = pytest.mark.lab
@@ -32,29 +31,6 @@ pytestmark = pytest.mark.lab
 KEY = os.urandom(32)
 PATH = "/v1/escalations"
 PORT = 7080
-
-
-class LabVMDriver:
-    """destroy() -> VM.destroy(); create() -> VM.boot(); state from VM.running."""
-
-    def __init__(self, vm: VM, root_ns: ThreadPoolExecutor) -> None:
-        self.vm = vm
-        self.root_ns = root_ns
-        self.calls: list[str] = []
-
-    def _root(self, fn: Callable[[], Any]) -> Any:
-        return self.root_ns.submit(fn).result(60)
-
-    def state(self) -> DomainState:
-        return DomainState.RUNNING if self.vm.running else DomainState.ABSENT
-
-    def destroy(self) -> None:
-        self.calls.append("destroy")
-        self._root(self.vm.destroy)
-
-    def create(self) -> None:
-        self.calls.append("create")
-        self._root(self.vm.boot)
 
 
 def _request(method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, Any]]:
@@ -93,24 +69,8 @@ def test_escalation_recreates_lab_vm(make_lab: Callable[[], Lab], tmp_path: Path
                             driver="command", domain="vm01", keys=KeyRing({1: KEY}))},
     )
     hostd = build(spec, drivers={"vm01": driver}, poll_interval=0.05)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def serve() -> None:  # runs in a thread inside dom0's network namespace
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(hostd.server.start(DOM0_IP, PORT))
-        ready.set()
-        loop.run_forever()
-
-    thread_box: list[threading.Thread] = []
-
-    def start_in_dom0() -> None:
-        t = threading.Thread(target=serve, name="hostd-dom0", daemon=True)
-        t.start()  # a thread started from a dom0 thread lives in dom0's namespace
-        thread_box.append(t)
-
-    dom0.call(start_in_dom0)
-    assert ready.wait(10)
+    server = HostdInDom0(dom0, hostd, DOM0_IP, PORT)
+    server.start()
     try:
         rid = str(uuid.uuid4())
         body = json.dumps({
@@ -152,9 +112,4 @@ def test_escalation_recreates_lab_vm(make_lab: Callable[[], Lab], tmp_path: Path
                    (tmp_path / "journal.jsonl").read_text().splitlines()]
         assert [r["decision"] for r in journal] == ["accepted", "finished", "stale"]
     finally:
-        asyncio.run_coroutine_threadsafe(hostd.server.close(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        for t in thread_box:
-            t.join(10)
-        loop.close()
-        hostd.journal.close()
+        server.stop()
