@@ -936,9 +936,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
+    return run_main("bench", lambda: run_benchmark(
+        args.runs,
+        idle_seconds=args.idle_seconds if args.idle_seconds > 0 else None,
+        systems=args.systems, scenarios=args.scenarios,
+        run_timeout=args.run_timeout, seed=args.seed,
+    ), format_report, args.json)
+
+
+def run_main(name: str, run: Callable[[], list[dict[str, Any]]],
+             report: Callable[[list[dict[str, Any]]], str], json_path: Path | None) -> int:
+    """The common tail of a benchmark's main(): refuse where the lab cannot run, turn
+    SIGTERM into an orderly unwind (every process stopped), run, report, save."""
     reason = unavailable_reason()
     if reason is not None:
-        print(f"bench: the lab cannot run here: {reason}", file=sys.stderr)
+        print(f"{name}: the lab cannot run here: {reason}", file=sys.stderr)
         return 2
 
     def on_term(signum: int, frame: object) -> None:
@@ -948,16 +960,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     started = time.monotonic()
     try:
-        records = run_benchmark(
-            args.runs,
-            idle_seconds=args.idle_seconds if args.idle_seconds > 0 else None,
-            systems=args.systems, scenarios=args.scenarios,
-            run_timeout=args.run_timeout, seed=args.seed,
-        )
+        records = run()
     except KeyboardInterrupt:
-        print("bench: interrupted; the lab was removed", file=sys.stderr)
+        print(f"{name}: interrupted; the lab was removed", file=sys.stderr)
         return 130
-    return report_and_save(records, format_report(records), started, args.json)
+    return report_and_save(records, report(records), started, json_path)
 
 
 def report_and_save(records: list[dict[str, Any]], report: str, started: float,

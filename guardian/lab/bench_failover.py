@@ -100,7 +100,6 @@ from ._errors import LabError, LabTimeout
 from ._host import Host
 from ._lab import Lab
 from ._probes import HttpResponse
-from ._requirements import unavailable_reason
 from ._spec import CLIENT_IP, VIP, VM01_IP, VM02_IP
 from ._vm import VM
 from .bench import (
@@ -113,7 +112,7 @@ from .bench import (
     _round,
     _stderr,
     _wrap,
-    report_and_save,
+    run_main,
 )
 
 # ---------------------------------------------------------------- names
@@ -1480,26 +1479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--loss-seconds must be > 0")
     if not 1 <= args.loss_percent <= 99:
         parser.error("--loss-percent must be in 1..99")
-    reason = unavailable_reason()
-    if reason is not None:
-        print(f"bench_failover: the lab cannot run here: {reason}", file=sys.stderr)
-        return 2
-
-    def on_term(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the cleanup finish
-        raise KeyboardInterrupt(f"signal {signum}")  # unwinds: every process is stopped
-
-    signal.signal(signal.SIGTERM, on_term)
-    started = time.monotonic()
-    try:
-        records = run_benchmark(
+    return run_main("bench_failover", lambda: run_benchmark(
             args.runs, systems=args.systems, scenarios=args.scenarios, profiles=args.profiles,
             loss_seconds=args.loss_seconds, loss_percent=args.loss_percent,
-            run_timeout=args.run_timeout, seed=args.seed)
-    except KeyboardInterrupt:
-        print("bench_failover: interrupted; the lab was removed", file=sys.stderr)
-        return 130
-    return report_and_save(records, format_report(records), started, args.json)
+            run_timeout=args.run_timeout, seed=args.seed), format_report, args.json)
 
 
 if __name__ == "__main__":
