@@ -9,13 +9,14 @@ import logging
 import os
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from unit_helpers import NullCheck
+from unit_helpers import service_spec as make_spec
 
-from checks import Check, CheckResult, Options, Status
+from checks import Status
 from guardian import CheckSpec, LadderAction, LadderStep, Machine, RestartPolicy, ServiceSpec
 from guardian._journal import Journal, ReadStats, boot_id, journal_files, read_journal
 from guardian._machine import (
@@ -294,28 +295,8 @@ def test_phases_across_a_reboot_use_wall_time() -> None:
 # ============================================================ the service tracker
 
 
-class NullCheck(Check):
-    kind = "null"
-
-    @classmethod
-    def from_options(cls, opts: Options) -> NullCheck:
-        return cls()
-
-    async def probe(self, deadline: float) -> CheckResult:
-        return CheckResult(Status.OK, "ok")
-
-
 def service_spec(**kw: Any) -> ServiceSpec:
-    base = ServiceSpec(
-        name="web", backend="command",
-        checks=(CheckSpec("http", NullCheck(), 0.1, 1.0),),
-        rise=2, fall=2, start_grace=5.0,
-        restart=RestartPolicy(budget=3, window=300, backoff=1.0, factor=2.0, backoff_max=30,
-                              jitter=0.0, timeout=10, exhausted_retry=60),
-        ladder=(LadderStep(LadderAction.EXEC, ("/bin/true",)), LadderStep(LadderAction.ALERT)),
-        healthy_reset=600,
-    )
-    return replace(base, **kw)
+    return make_spec(interval=0.1, **kw)
 
 
 OK = Verdict("http", Status.OK, "200 OK")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from typing import Any
 
 import pytest
+from unit_helpers import service_spec
 
-from checks import Check, CheckResult, Options, Status
+from checks import Status
 from guardian import (
-    CheckSpec,
     LadderAction,
     LadderStep,
     Machine,
@@ -36,28 +37,8 @@ BAD = Verdict("http", Status.CRITICAL, "http://127.0.0.1/ timed out after 1 s")
 UNK = Verdict("http", Status.UNKNOWN, "probe error")
 
 
-class NullCheck(Check):
-    kind = "null"
-
-    @classmethod
-    def from_options(cls, opts: Options) -> NullCheck:
-        return cls()
-
-    async def probe(self, deadline: float) -> CheckResult:
-        return CheckResult(Status.OK, "ok")
-
-
-def spec(**kw: object) -> ServiceSpec:
-    base = ServiceSpec(
-        name="web", backend="command",
-        checks=(CheckSpec("http", NullCheck(), 1.0, 1.0),),
-        rise=2, fall=2, start_grace=5.0,
-        restart=RestartPolicy(budget=3, window=300, backoff=1.0, factor=2.0, backoff_max=30,
-                              jitter=0.0, timeout=10, exhausted_retry=60),
-        ladder=(LadderStep(LadderAction.EXEC, ("/bin/true",)), LadderStep(LadderAction.ALERT)),
-        healthy_reset=600,
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
+def spec(**kw: Any) -> ServiceSpec:
+    return service_spec(**kw)
 
 
 def run(machine: Machine, steps: list[tuple[float, object, ServiceState, list[type]]]) -> None:

@@ -18,10 +18,12 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from checks import Check, build_check
+from checks import Check, CheckResult, Options, Status, build_check
+from guardian import CheckSpec, LadderAction, LadderStep, RestartPolicy, ServiceSpec
 from guardian.backends import Controller, UnitState, UnitStatus
 
 T = TypeVar("T")
@@ -203,3 +205,32 @@ def sigkilled(ctl: Controller, pid: int) -> UnitStatus:
     st: UnitStatus = run(ctl.status(soon()))
     assert (st.state, st.pid) == (UnitState.EXITED, None)
     return st
+
+
+# ----------------------------------------------------------------------------- specs
+class NullCheck(Check):
+    """Never probed for real: the state-machine tests feed verdicts themselves."""
+
+    kind = "null"
+
+    @classmethod
+    def from_options(cls, opts: Options) -> NullCheck:
+        return cls()
+
+    async def probe(self, deadline: float) -> CheckResult:
+        return CheckResult(Status.OK, "ok")
+
+
+def service_spec(*, interval: float = 1.0, **kw: Any) -> ServiceSpec:
+    """A service "web" with one "http" check every ``interval`` s, budget 3 in 5 min,
+    ladder exec + alert; ``kw`` replaces any field."""
+    base = ServiceSpec(
+        name="web", backend="command",
+        checks=(CheckSpec("http", NullCheck(), interval, 1.0),),
+        rise=2, fall=2, start_grace=5.0,
+        restart=RestartPolicy(budget=3, window=300, backoff=1.0, factor=2.0, backoff_max=30,
+                              jitter=0.0, timeout=10, exhausted_retry=60),
+        ladder=(LadderStep(LadderAction.EXEC, ("/bin/true",)), LadderStep(LadderAction.ALERT)),
+        healthy_reset=600,
+    )
+    return replace(base, **kw)
