@@ -128,6 +128,25 @@ class EscalationSpec:
 
 
 @dataclass(frozen=True)
+class WatchdogSpec:
+    """``[watchdog]``: the dead-man switch (``guardian._deadman``)."""
+
+    device: str = "/dev/watchdog"
+    timeout: float = 30.0
+    interval: float = 0.0
+    critical: tuple[str, ...] = ()
+    critical_grace: float = 300.0
+    disarm_on_stop: bool = True
+    source: str = ""
+
+    @property
+    def period(self) -> float:
+        if self.interval > 0:
+            return self.interval
+        return max(0.1, (self.timeout or 30.0) / 3)
+
+
+@dataclass(frozen=True)
 class GuardianSpec:
     control_socket: Path = Path("/run/guardian/control.sock")
     state_dir: Path = Path("/var/lib/guardian")
@@ -141,6 +160,7 @@ class GuardianSpec:
     services: Mapping[str, ServiceSpec] = field(default_factory=dict)
     failover: FailoverSpec | None = None
     escalation: EscalationSpec | None = None
+    watchdog: WatchdogSpec | None = None
     sources: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 

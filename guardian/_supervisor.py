@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ipfailover._engine import PairEngine, ServiceHooks
     from ipfailover._settings import GroupSettings
 
+    from ._deadman import Deadman
     from .escalation import Entry, Escalator
 
     EngineFactory = Callable[[GroupSettings, ServiceHooks], PairEngine]
@@ -499,6 +500,10 @@ class Supervisor:
         self.last_reload_error: str | None = None
         #: escalation to dom0 (``[escalation]``): the outbox pump and its task
         self.escalator: Escalator | None = None
+        #: ``[watchdog]``: the dead-man switch (``guardian._deadman``)
+        self.deadman: Deadman | None = None
+        #: fence-peer requests in flight (request id -> the failover engine's answer)
+        self._fence_waiters: dict[str, asyncio.Future[tuple[bool, str]]] = {}
         self._escalation_task: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------ public
@@ -513,6 +518,7 @@ class Supervisor:
                 await server.start()
             self._apply(self.spec, first=True)
             self._apply_escalation(self.spec)
+            self._start_deadman(self.spec)
             await self._serve_metrics()
             self.ready.set()
             notify("READY=1\nSTATUS=supervising "
@@ -533,11 +539,13 @@ class Supervisor:
             if self._metrics_server is not None:
                 await self._metrics_server.close()
             self.timeline.close(self.clock())
+            if self.deadman is not None:
+                self.deadman.close()
             # our own tasks only: another Supervisor may share the loop (library use)
             for task in list(self._spawned):
                 if task is not asyncio.current_task() and task.get_name().startswith(
                         ("restart:", "ladder:", "sd-watchdog", "failover:",
-                         "escalation:")):
+                         "escalation:", "deadman")):
                     task.cancel()
 
     def stop(self) -> None:
@@ -561,6 +569,15 @@ class Supervisor:
         self._apply(spec, first=False)
         if spec.escalation != old_escalation:
             self._apply_escalation(spec)
+        if spec.watchdog != self.spec.watchdog:
+            new, dm = spec.watchdog, self.deadman
+            if dm is not None and new is not None and new.device == dm.spec.device:
+                dm.spec = dm.verdict.spec = new
+                log.info("watchdog: settings reloaded (critical: %s)",
+                         ", ".join(new.critical) or "none")
+            else:
+                log.warning("watchdog: [watchdog] added, removed or given another device: "
+                            "takes effect when guardiand restarts")
         self.spec = spec
         self.reloads += 1
 
@@ -584,7 +601,30 @@ class Supervisor:
                          if n in self.runners],
             "failover": [e.status() for _, e in sorted(self.engines.items())],
             "escalations": self.escalator.status() if self.escalator is not None else [],
+            "watchdog": self.deadman.status() if self.deadman is not None else None,
         }
+
+    # ------------------------------------------------------------ dead-man switch
+    def _start_deadman(self, spec: GuardianSpec) -> None:
+        """``[watchdog]``: open (arm) the device and pet it from this loop while the
+        critical services are not down for longer than their grace."""
+        from ._deadman import Deadman, WatchdogError
+
+        if spec.watchdog is None:
+            return
+        dm = Deadman(spec.watchdog, self._health, clock=self.clock)
+        try:
+            dm.open()
+        except WatchdogError as exc:
+            log.error("%s; the dead-man switch is off", exc.strerror)
+            dm.reason = f"not armed: {exc.strerror}"
+            self.deadman = dm
+            return
+        self.deadman = dm
+        self.spawn(dm.run(), "deadman")
+
+    def _health(self) -> dict[str, bool | None]:
+        return {name: r.machine.state.healthy for name, r in self.runners.items()}
 
     # ------------------------------------------------------------ internals
     def _backend(self, name: str, spec: GuardianSpec) -> Backend:
@@ -707,6 +747,13 @@ class Supervisor:
         tracker = self.timeline.group(settings.group)
         tracker.convergence = bool(getattr(engine, "verify_pairs", ()))
         engine.observer = tracker
+        if settings.fence == "dom0":
+            group = settings.group
+
+            async def fencer(vm: str, reason: str) -> tuple[bool, str]:
+                return await self._fence_peer(group, vm, reason)
+
+            engine.fencer = fencer
         self.metrics.on_scrape(
             lambda: self.metrics.pair_status(settings.group, engine.status()))
         for service, reason in self._failed_over.items():
@@ -766,9 +813,57 @@ class Supervisor:
     def _escalation_event(self, entry: Entry, outcome: str, detail: str) -> None:
         if outcome == "retry":
             return
+        waiter = self._fence_waiters.get(entry.request.request_id)
+        if waiter is not None:
+            if outcome in ("done", "failed", "refused", "stale", "rejected") \
+                    and not waiter.done():
+                waiter.set_result((outcome == "done", f"dom0: {outcome}: {detail}"))
+            return
         tracker = self.timeline.service(entry.request.reason.service)
         tracker.escalation(self.clock(), outcome, detail, request=entry.request.request_id,
                            action=entry.request.action)
+
+    async def _fence_peer(self, group: str, vm: str, reason: str) -> tuple[bool, str]:
+        """``fence = "dom0"``: a ``fence-peer`` request for ``vm`` through the escalation
+        outbox; (True, detail) once dom0 answers ``done`` (the peer destroyed and its
+        death confirmed), (False, detail) on any other final answer.  The pair machine
+        bounds the wait (``fence_timeout``); the request stays in the outbox either way,
+        so a fence dom0 accepts is carried out and recorded even when it comes late."""
+        from .escalation import Reason, Request
+
+        esc, escalator = self.spec.escalation, self.escalator
+        if esc is None or escalator is None:
+            return False, "no escalation channel to dom0 is available"
+        service = f"failover:{group}"
+        waiter: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        existing = escalator.outbox.open_for(service)
+        if existing is not None and existing.request.peer == vm:
+            # an earlier fence of this peer (timed out here, or from before a restart)
+            # is still open at dom0: its answer is this fence's answer
+            rid = existing.request.request_id
+            log.warning("failover %s: fence-peer %s: waiting for the open request %s (%s)",
+                        group, vm, rid, existing.state)
+        else:
+            if existing is not None:
+                return False, (f"request {existing.request.request_id} to fence "
+                               f"{existing.request.peer} is still open")
+            deadline = time.monotonic() + esc.timeout
+            incarnation = await escalator.channel.incarnation(deadline)
+            request = Request(
+                vm=esc.vm, vm_uuid=await escalator.channel.vm_uuid(deadline),
+                incarnation=incarnation or 0, action="fence-peer", peer=vm,
+                reason=Reason(service=service, detail=reason))
+            rid = request.request_id
+            await self.journal.flush()
+            if escalator.submit(request) is None:
+                return False, "a fence request for this group is already open"
+            log.warning("failover %s: fence-peer %s: request %s queued for %s", group, vm,
+                        rid, escalator.channel.describe())
+        self._fence_waiters[rid] = waiter
+        try:
+            return await waiter
+        finally:
+            self._fence_waiters.pop(rid, None)
 
     async def _escalate_rung(self, runner: ServiceRunner, action: RunStep) -> None:
         from .escalation import Reason, Request

@@ -288,6 +288,14 @@ def format_status_table(status: dict[str, Any]) -> str:
                    f"{e.get('service')} (incarnation {e.get('incarnation')}): "
                    f"{str(e.get('state')).upper()} after {e.get('attempts', 0)} attempt(s)"
                    f"{retry}" + (f": {e['detail']}" if e.get("detail") else ""))
+    wd = status.get("watchdog")
+    if wd:
+        last = wd.get("last_pet_age")
+        out.append(f"watchdog {wd.get('device')}: "
+                   + ("PETTING" if wd.get("petting") else
+                      "ARMED, NOT PETTING" if wd.get("armed") else "OFF")
+                   + (f", last pet {_age(last)} ago" if isinstance(last, (int, float)) else "")
+                   + f" ({wd.get('reason')})")
     reload_error = status.get("last_reload_error")
     if reload_error:
         out.append("last reload refused; the running configuration stays:")

@@ -28,6 +28,7 @@ from ._model import (
     LadderStep,
     RestartPolicy,
     ServiceSpec,
+    WatchdogSpec,
 )
 from ._states import LadderAction, Mode
 
@@ -127,6 +128,7 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
     failover_tbl: dict[str, tuple[str, Any]] = {}
     failover_groups: dict[str, tuple[str, Any]] = {}
     escalation_tbl: dict[str, tuple[str, Any]] = {}
+    watchdog_tbl: dict[str, tuple[str, Any]] = {}
 
     for source, doc in docs:
         for key, value in doc.items():
@@ -162,15 +164,16 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
                         errors.append(ConfigError(source, f"failover.{k}",
                                                   f"already set in {failover_tbl[k][0]}"))
                     failover_tbl[k] = (source, v)
-            elif key == "escalation":
+            elif key in ("escalation", "watchdog"):
                 if not isinstance(value, Mapping):
                     errors.append(ConfigError(source, key, "must be a table"))
                     continue
+                merged = escalation_tbl if key == "escalation" else watchdog_tbl
                 for k, v in value.items():
-                    if k in escalation_tbl:
-                        errors.append(ConfigError(source, f"escalation.{k}",
-                                                  f"already set in {escalation_tbl[k][0]}"))
-                    escalation_tbl[k] = (source, v)
+                    if k in merged:
+                        errors.append(ConfigError(source, f"{key}.{k}",
+                                                  f"already set in {merged[k][0]}"))
+                    merged[k] = (source, v)
             else:
                 errors.append(ConfigError(source, key, "unknown key"))
 
@@ -266,6 +269,14 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
                     f"group tracks {name} ([failover.groups.NAME] services = [\"{name}\"]): "
                     "the step will be logged only")
     escalation = _parse_escalation(escalation_tbl, specs, errors, warnings)
+    watchdog = _parse_watchdog(watchdog_tbl, specs, services, errors, warnings)
+    if failover is not None:
+        for name, g in failover.groups.items():
+            if g.fence == "dom0" and escalation is None:
+                errors.append(ConfigError(
+                    failover_groups[name][0], f"failover.groups.{name}.fence",
+                    "\"dom0\" asks dom0 (guardian-hostd) to fence the peer through the "
+                    "escalation channel: configure [escalation] too"))
     if errors:
         raise ConfigErrors(errors)
     if not specs:
@@ -274,6 +285,7 @@ def parse_documents(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> GuardianSp
         services=specs,
         failover=failover,
         escalation=escalation,
+        watchdog=watchdog,
         backends={k: dict(v) for k, v in backends.items()},
         sources=tuple(s for s, _ in docs),
         warnings=tuple(warnings),
@@ -301,6 +313,56 @@ def _parse_escalation(tbl: Mapping[str, tuple[str, Any]], specs: Mapping[str, Se
                 warnings.append(
                     f"{sspec.source}: services.{name}.ladder[{i}]: escalate, but there is no "
                     "[escalation] section: the step will be logged only")
+    return spec
+
+
+def _parse_watchdog(tbl: Mapping[str, tuple[str, Any]], specs: Mapping[str, ServiceSpec],
+                    all_services: Mapping[str, Any], errors: list[ConfigError],
+                    warnings: list[str]) -> WatchdogSpec | None:
+    """``[watchdog]``: the dead-man switch (``guardian._deadman``); None when absent."""
+    if not tbl:
+        return None
+    source = next(iter(tbl.values()))[0]
+    opts = Options({k: v for k, (_, v) in tbl.items()}, "watchdog", source)
+
+    def src(key: str) -> str:
+        return tbl[key][0] if key in tbl else source
+
+    try:
+        device = opts.str("device", "/dev/watchdog")
+        timeout = opts.duration("timeout", 30.0)
+        interval = opts.duration("interval", 0.0)
+        critical = tuple(opts.str_list("critical", []))
+        grace = opts.duration("critical_grace", 300.0)
+        disarm = opts.bool("disarm_on_stop", True)
+        opts.finish()
+    except ConfigError as exc:
+        key = exc.path.split(".")[1] if "." in exc.path else ""
+        errors.append(ConfigError(src(key), exc.path, exc.message))
+        return None
+    if not device.startswith("/"):
+        errors.append(ConfigError(src("device"), "watchdog.device", "must be an absolute path"))
+        return None
+    if timeout and not 1 <= timeout <= 3600:
+        errors.append(ConfigError(src("timeout"), "watchdog.timeout",
+                                  "must be 0 (the device's own) or 1s..1h"))
+        return None
+    spec = WatchdogSpec(device=device, timeout=timeout, interval=interval, critical=critical,
+                        critical_grace=grace, disarm_on_stop=disarm, source=source)
+    if timeout and spec.period >= timeout:
+        errors.append(ConfigError(src("interval"), "watchdog.interval",
+                                  f"must be shorter than timeout ({format_duration(timeout)})"))
+        return None
+    for i, name in enumerate(critical):
+        if name not in specs:
+            why = ("is disabled" if name in all_services
+                   else "is not a configured service ([services.NAME])")
+            errors.append(ConfigError(src("critical"), f"watchdog.critical[{i}]",
+                                      f"{name!r} {why}"))
+            return None
+    if not critical:
+        warnings.append(f"{source}: watchdog: no critical services: the pets stop only "
+                        "when guardiand itself hangs or dies")
     return spec
 
 
@@ -655,6 +717,8 @@ def _parse_group(name: str, source: str, tbl: Any, *, node: str, key_file: str, 
     min_healthy = opts.duration("min_healthy", 10.0)
     init_dead = opts.duration("init_dead", 2.0)
     fence = opts.choice("fence", ("none", "dom0"), "none")
+    fence_vm = opts.convert("fence_vm", _node_name, "")
+    fence_timeout = opts.duration("fence_timeout", 15.0)
     tracked = tuple(opts.str_list("services", []))
     cold = tuple(opts.str_list("cold", []))
     cold_timeout = opts.duration("cold_timeout", 30.0)
@@ -716,7 +780,8 @@ def _parse_group(name: str, source: str, tbl: Any, *, node: str, key_file: str, 
         group=name, node=node, peer=peer, vips=vips, paths=tuple(paths), interface=interface,
         priority=priority, port=gport, key_file=key_file, state_dir=state_dir,
         interval=interval, lease=int(lease), preempt=preempt, preempt_delay=preempt_delay,
-        min_healthy=min_healthy, init_dead=init_dead, fence=fence, services=tracked,
+        min_healthy=min_healthy, init_dead=init_dead, fence=fence, fence_vm=fence_vm,
+        fence_timeout=fence_timeout, services=tracked,
         cold=cold, cold_timeout=cold_timeout, ping=ping, ping_interval=ping_interval,
         ping_timeout=ping_timeout, notify=notify, notify_timeout=notify_timeout,
         announce_count=announce_count, announce_interval=announce_interval,
@@ -732,11 +797,12 @@ def _parse_group(name: str, source: str, tbl: Any, *, node: str, key_file: str, 
         raise ConfigError(source, f"{path}.{ours}" if ours else "failover.node",
                           why or text) from None
 
-    if fence == "dom0":
-        warnings.append(
-            f"{source}: {path}.fence: \"dom0\" needs an escalation channel to dom0, which "
-            "this build does not have: this group will never take over from a silent peer "
-            "(only from one that says goodbye or reports a fault)")
+    if fence != "dom0":
+        for key, given in (("fence_vm", fence_vm), ("fence_timeout", "fence_timeout" in tbl)):
+            if given:
+                raise opts.error(key, "only used with fence = \"dom0\"")
+    if fence_timeout <= 0 or fence_timeout > 300:
+        raise opts.error("fence_timeout", "must be more than 0 and at most 5m")
     if init_dead < 3 * interval:
         warnings.append(f"{source}: {path}.init_dead: {format_duration(init_dead)} is shorter "
                         f"than 3 intervals: a starting node may take the VIPs before it "

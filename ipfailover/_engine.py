@@ -49,9 +49,12 @@ One ``PairEngine`` per failover group, an asyncio task in guardian's TaskGroup
   rounds, reachable after one answer).
 * **Hooks.**  ``RunNotify`` queues the notify command; one task runs them in order,
   each after the address work before it, with a timeout; the machine never waits.
-* **Fence.**  No escalation channel exists in this build: ``fence = "dom0"`` answers
-  ``FenceResult(False, ...)`` at once and logs an error (so such a group never takes
-  over from a silent peer).
+* **Fence.**  ``fence = "dom0"``: a ``Fence`` action calls ``fencer(vm, reason)``
+  (guardian's escalation to guardian-hostd: a ``fence-peer`` request for ``fence_vm``)
+  on a task and posts its ``(ok, detail)`` as ``FenceResult``; one fence at a time
+  (a Fence while one is running waits for that one).  The machine's own deadline
+  (``fence_timeout``) bounds the wait; without a fencer the answer is
+  ``FenceResult(False, ...)`` at once (never a takeover from a silent peer).
 * **State on disk.**  ``Generation.advance(floor=time())`` at start, and the replay
   guard's peer generations, in ``STATE_DIR/failover/GROUP/``.
 
@@ -567,6 +570,9 @@ class PairEngine:
         self.name = settings.group
         #: told about every step (guardian's incident timeline); never required
         self.observer: FailoverObserver | None = None
+        #: ``fence = "dom0"``: async (vm, reason) -> (ok, detail); set by guardian
+        self.fencer: Callable[[str, str], Awaitable[tuple[bool, str]]] | None = None
+        self._fence_task: asyncio.Task[Any] | None = None
         self.config = settings.pair_config()
         self.ops: VipOps = ops if ops is not None else KernelVipOps()
         self.services = services
@@ -922,10 +928,7 @@ class PairEngine:
                 elif isinstance(a, RunNotify):
                     self._queue_notify(a)
                 elif isinstance(a, Fence):
-                    log.error("failover %s: fence = \"dom0\" asked to fence %s, but this build "
-                              "has no escalation channel: not taking over (%s)", self.name,
-                              a.peer, a.reason)
-                    self.post(FenceResult(False, "no escalation channel configured"))
+                    self._fence(a)
                 elif isinstance(a, SwitchoverOutcome):
                     fut = self._cmd_fut or self._pending_sw
                     if fut is not None and not fut.done():
@@ -1143,6 +1146,36 @@ class PairEngine:
         assert self._vip_pool is not None
         fut = self._vip_pool.submit(fn, *args)
         return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+
+    def _fence(self, a: Fence) -> None:
+        vm = self.settings.fence_vm or a.peer or self.settings.peer
+        if self.fencer is None:
+            log.error("failover %s: fence = \"dom0\" asked to fence %s, but no escalation "
+                      "channel is available: not taking over (%s)", self.name, vm, a.reason)
+            self.post(FenceResult(False, "no escalation channel available"))
+            return
+        if self._fence_task is not None and not self._fence_task.done():
+            log.info("failover %s: a fence of %s is still running; waiting for it",
+                     self.name, vm)
+            return
+        log.warning("failover %s: asking dom0 to fence %s before taking over (%s)",
+                    self.name, vm, a.reason)
+        fencer = self.fencer
+
+        async def run() -> None:
+            try:
+                ok, detail = await fencer(vm, a.reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed fence is an answer
+                log.exception("failover %s: fencing %s raised", self.name, vm)
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            log.log(logging.WARNING if ok else logging.ERROR,
+                    "failover %s: fence of %s %s: %s", self.name, vm,
+                    "confirmed" if ok else "failed", detail)
+            self.post(FenceResult(ok, detail))
+
+        self._fence_task = self._spawn(run(), "fence")
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=f"failover:{self.name}:{name}")

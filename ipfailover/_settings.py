@@ -56,6 +56,10 @@ class GroupSettings:
     min_healthy: float = 10.0
     init_dead: float = 2.0
     fence: Literal["none", "dom0"] = "none"
+    #: ``fence = "dom0"``: the peer's name at dom0 (guardian-hostd's ``[vms.NAME]``;
+    #: default the peer's node name) and how long to wait for dom0 to confirm its death
+    fence_vm: str = ""
+    fence_timeout: float = 15.0
     #: tracked services: their ``failover`` ladder rung makes this node FAULT
     services: tuple[str, ...] = ()
     #: services started on takeover (before the VIPs), stopped on release (after)
@@ -100,6 +104,7 @@ class GroupSettings:
             preempt_delay=self.preempt_delay,
             min_healthy=self.min_healthy,
             fence=self.fence,
+            fence_timeout=self.fence_timeout,
             renew_interval=self.renew_interval,
             ping=bool(self.ping),
         )

@@ -36,6 +36,9 @@ FINAL_STATES = ("done", "failed", "refused", "stale", "rejected")
 KEEP_FINISHED = 7 * 86400.0
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 300.0
+#: polling a delivered or accepted request: from POLL_MIN doubling to POLL_MAX
+POLL_MIN = 0.25
+POLL_MAX = 5.0
 JITTER = 0.2
 
 
@@ -281,8 +284,10 @@ class Escalator:
         if changed:
             entry.tries = 0
         entry.state = new
-        entry.next_at = self.clock() + backoff(max(1, entry.tries), self.rng,
-                                                cap=self.retry_max)
+        # an accepted action takes dom0 about a second to a minute: poll from 0.25 s,
+        # doubling to 5 s (a fence-peer's answer gates a takeover)
+        entry.next_at = self.clock() + backoff(max(1, entry.tries), self.rng, base=POLL_MIN,
+                                                cap=min(POLL_MAX, self.retry_max))
         self.outbox.save(entry)
         if sending:
             log.warning("escalation sent: %s (%s, %s) via %s", rid, service,

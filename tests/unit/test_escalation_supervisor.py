@@ -102,3 +102,44 @@ def test_escalate_rung_sends_exactly_one_request(tmp_path: Path) -> None:
     status2 = asyncio.run(scenario())
     assert [e["request_id"] for e in status2["final"]["escalations"]] == [esc["request_id"]]
     assert len([x for x in record.read_text().splitlines() if x.strip()]) == 1
+
+
+def test_fence_peer_goes_through_the_outbox_and_waits_for_dom0(tmp_path: Path) -> None:
+    """``fence = "dom0"``'s fencer: a fence-peer request through the escalation channel;
+    (True, ...) only on dom0's ``done``, (False, ...) on a refusal."""
+    record = tmp_path / "fences.jsonl"
+    answer = tmp_path / "answer"
+    prog = tmp_path / "escalate"
+    prog.write_text('#!/bin/sh\nif [ "$GUARDIAN_ESCALATION_MODE" = send ]; then\n'
+                    f'  cat >> {record}; echo >> {record}; echo \'{{"state": "accepted"}}\'\n'
+                    f'else cat {answer}; fi\n')
+    prog.chmod(0o755)
+    spec = GuardianSpec(
+        state_dir=tmp_path / "state", services={},
+        escalation=EscalationSpec(channel="exec", vm="vm02", vm_uuid="uuid-of-vm02",
+                                  command=(str(prog),), timeout=5.0, retry_max=0.2))
+
+    async def scenario() -> list[tuple[bool, str]]:
+        sup = Supervisor(spec, control=False)
+        task = asyncio.create_task(sup.run())
+        out = []
+        try:
+            async with asyncio.timeout(10):
+                await sup.ready.wait()
+                answer.write_text('{"state": "done", "detail": "vm01 destroyed"}')
+                out.append(await sup._fence_peer("web", "vm01", "peer declared dead"))
+                answer.write_text('{"state": "refused", "detail": "vm01: maintenance"}')
+                out.append(await sup._fence_peer("web", "vm01", "peer declared dead"))
+        finally:
+            sup.stop()
+            async with asyncio.timeout(10):
+                await task
+        return out
+
+    ok, refused = asyncio.run(scenario())
+    assert ok == (True, "dom0: done: vm01 destroyed")
+    assert refused == (False, "dom0: refused: vm01: maintenance")
+    lines = [json.loads(x) for x in record.read_text().splitlines() if x.strip()]
+    assert [(r["action"], r["peer"], r["vm"], r["reason"]["service"]) for r in lines] == [
+        ("fence-peer", "vm01", "vm02", "failover:web")] * 2
+    assert lines[0]["request_id"] != lines[1]["request_id"]

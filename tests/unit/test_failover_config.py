@@ -210,11 +210,40 @@ def test_group_name_and_shared_port() -> None:
     assert spec.failover is not None and sorted(spec.failover.groups) == ["mail", "web"]
 
 
+ESCALATION = """
+[escalation]
+channel = "exec"
+vm = "vm01"
+vm_uuid = "6c1b3f0e-0000-4000-8000-000000000001"
+command = ["/bin/true"]
+"""
+
+
+def test_fence_dom0_needs_the_escalation_channel() -> None:
+    errs = errors(SERVICE + GROUP + 'fence = "dom0"\n')
+    assert len(errs) == 1
+    assert errs[0].startswith('guardian.toml: failover.groups.web.fence: "dom0" asks dom0')
+    assert "configure [escalation]" in errs[0]
+    spec = load(ESCALATION + SERVICE + GROUP + 'fence = "dom0"\n')
+    assert spec.failover is not None
+    g = spec.failover.groups["web"]
+    assert (g.fence, g.fence_vm, g.fence_timeout) == ("dom0", "", 15.0)
+    assert g.pair_config().fence_timeout == 15.0
+    spec = load(ESCALATION + SERVICE + GROUP
+                + 'fence = "dom0"\nfence_vm = "web2"\nfence_timeout = "40s"\n')
+    assert spec.failover is not None
+    g = spec.failover.groups["web"]
+    assert (g.fence_vm, g.fence_timeout) == ("web2", 40.0)
+    assert errors(ESCALATION + SERVICE + GROUP + 'fence_vm = "web2"\n') == [
+        'guardian.toml: failover.groups.web.fence_vm: only used with fence = "dom0"']
+    assert errors(ESCALATION + SERVICE + GROUP + 'fence = "dom0"\nfence_timeout = "10m"\n') \
+        == ["guardian.toml: failover.groups.web.fence_timeout: must be more than 0 and at "
+            "most 5m"]
+
+
 def test_warnings() -> None:
-    spec = load(SERVICE + GROUP + 'fence = "dom0"\ninit_dead = "100ms"\n')
+    spec = load(SERVICE + GROUP + 'init_dead = "100ms"\n')
     text = "\n".join(spec.warnings)
-    assert 'failover.groups.web.fence: "dom0" needs an escalation channel' in text
-    assert "never take over from a silent peer" in text
     assert "init_dead: 100ms is shorter than 3 intervals" in text
     # apache2's ladder has a failover rung, but no group tracks it
     assert "services.apache2.ladder[0]: failover, but no failover group tracks apache2" in text
