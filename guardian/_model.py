@@ -111,7 +111,8 @@ class EscalationSpec:
 
     ``channel`` is ``http``, ``exec``, ``xenstore``, a ``guardian.escalations`` entry
     point, or ``module:Class``; the channel-specific keys (``url``, ``key_file``,
-    ``command``, ``answer_path``) are used by the channel that needs them.
+    ``command``, ``answer_path``, ``xenstore_client``) are used by the channel that
+    needs them.
     """
 
     channel: str
@@ -120,8 +121,12 @@ class EscalationSpec:
     url: str = ""
     key_file: str = ""
     command: tuple[str, ...] = ()
-    answer_path: str = "control/guardian/escalation/{request_id}"
+    #: xenstore: dom0's answer, relative to /local/domain/<domid> (dom0 owns it, the
+    #: guest may only read it)
+    answer_path: str = "guardian/answer/{request_id}"
     incarnation_file: str = "/run/guardian/incarnation"
+    #: xenstore: "wire" (speak the protocol; no tools needed) or "tools" (xenstore-*)
+    xenstore_client: str = "wire"
     timeout: float = 10.0        # one attempt (send or poll)
     retry_max: float = 300.0     # backoff cap between attempts
     source: str = ""

@@ -18,6 +18,11 @@ APT_PACKAGES=(
     python3-dnspython python3-requests lintian debootstrap
     # the lab tier once more on bookworm's own libraries (what the .deb runs with)
     python3-pytest python3-pyroute2 python3-scapy python3-prometheus-client
+    # guardian-hostd's drivers tested for real: libvirt's test:///default driver, and
+    # Pacemaker's crm_resource/crm_mon on a file CIB (CIB_file=)
+    python3-libvirt pacemaker-cli-utils
+    # the real xenstore-* tools, checked against the XenStore stand-in
+    xenstore-utils
 )
 
 missing=()

@@ -12,7 +12,7 @@ from .._model import EscalationSpec
 from ._channel import ChannelConfigError, UnknownChannelError, load_channel_class
 
 KEYS = ("channel", "vm", "vm_uuid", "url", "key_file", "command", "answer_path",
-        "incarnation_file", "timeout", "retry_max")
+        "incarnation_file", "xenstore_client", "timeout", "retry_max")
 
 
 def _command(value: object) -> tuple[str, ...]:
@@ -45,6 +45,7 @@ def parse_escalation(tbl: Mapping[str, Any], source: str) -> EscalationSpec:
         command=opts.convert("command", _command, ()),
         answer_path=opts.str("answer_path", EscalationSpec.answer_path),
         incarnation_file=opts.str("incarnation_file", EscalationSpec.incarnation_file),
+        xenstore_client=opts.choice("xenstore_client", ("wire", "tools"), "wire"),
         timeout=opts.duration("timeout", 10.0),
         retry_max=opts.duration("retry_max", 300.0),
         source=source,

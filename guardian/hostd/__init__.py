@@ -5,6 +5,7 @@ protection), applies policy (stale incarnations, per-VM rate limits), drives the
 toolstack (xl, libvirt, or commands) and journals every decision.
 """
 
+from ._alert import Alerter
 from ._app import Hostd, build
 from ._auth import AuthError, NonceCache, Verifier, mac, sign
 from ._config import HostdSpec, PolicySpec, VMSpec, load, parse
@@ -28,16 +29,18 @@ from ._engine import (
     Snapshot,
     SystemClock,
     decide,
+    history,
+    next_allowed,
     parse_request,
 )
 from ._server import HostdServer
-from ._state import Journal, StateStore, read_journal
+from ._state import Journal, StateStore, read_journal, read_maintenance, set_maintenance
 
 __all__ = [
-    "AuthError", "Clock", "CommandDriver", "Decision", "DomainState", "Driver",
+    "Alerter", "AuthError", "Clock", "CommandDriver", "Decision", "DomainState", "Driver",
     "DriverError", "Engine", "Hostd", "HostdServer", "HostdSpec", "Journal", "Kind",
     "LibvirtDriver", "NonceCache", "PolicySpec", "Reply", "Request", "Snapshot",
     "StateStore", "SystemClock", "VMSpec", "Verifier", "XlDriver", "build", "build_driver",
-    "decide", "load", "mac", "parse", "parse_request", "parse_xl_list", "read_journal",
-    "sign",
+    "decide", "history", "load", "mac", "next_allowed", "parse", "parse_request",
+    "parse_xl_list", "read_journal", "read_maintenance", "set_maintenance", "sign",
 ]

@@ -1,4 +1,9 @@
-"""``guardian-hostd run|validate|status [--config /etc/guardian/hostd.toml]``."""
+"""``guardian-hostd run|validate|status|maintenance [--config /etc/guardian/hostd.toml]``.
+
+``guardian-hostd maintenance VM on|off [--reason TEXT]`` puts a VM in or out of
+maintenance mode (a marker file under the state directory that the running daemon
+reads on every request): while on, every escalation about the VM is refused.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from guardian._supervisor import notify
 
 from . import _config
 from ._app import build
-from ._state import StateStore, read_journal
+from ._engine import history, next_allowed
+from ._state import StateStore, read_journal, read_maintenance, set_maintenance
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="incarnations and recent decisions")
     st.add_argument("--json", action="store_true")
     st.add_argument("--tail", type=int, default=10)
+    mt = sub.add_parser("maintenance", help="put a VM in or out of maintenance mode")
+    mt.add_argument("vm", help="a VM of the configuration ([vms.NAME])")
+    mt.add_argument("mode", choices=("on", "off"))
+    mt.add_argument("--reason", default="", help="shown by status and in refusals")
     for sp in sub.choices.values():
         sp.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
@@ -59,14 +69,25 @@ async def _serve(config: str) -> int:
             metrics_server = await hostd.metrics.serve(spec.metrics_listen)
         except MetricsError as exc:
             log.error("metrics listener not started: %s", exc)
+    xs_input = None
+    if spec.xenstore:
+        from ._xsinput import XenstoreInput
+
+        xs_input = XenstoreInput(hostd.engine, spec.xenstore)
+        await xs_input.start()
+        log.info("guardian-hostd reading requests from xenstore at %s", spec.xenstore)
     notify(f"READY=1\nSTATUS=listening on {host}:{port}, {len(spec.vms)} VM(s)")
     pet = asyncio.create_task(_watchdog())
     await stop.wait()
     notify("STOPPING=1")
     pet.cancel()
+    if xs_input is not None:
+        await xs_input.close()
     if metrics_server is not None:
         await metrics_server.close()
     await hostd.server.close()
+    if hostd.engine.alerter is not None:  # let queued alerts go out (bounded)
+        await asyncio.to_thread(hostd.engine.alerter.close, 5.0)
     hostd.journal.close()
     return 0
 
@@ -81,29 +102,66 @@ async def _watchdog() -> None:
         await asyncio.sleep(period)
 
 
+def _when(wall: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall))
+
+
 def _status(config: str, as_json: bool, tail: int) -> int:
     spec = _config.load(config, load_keys=False)
     store = StateStore(spec.state_dir)
     recent = read_journal(spec.journal_dir / "journal.jsonl", tail)
-    vms = {name: {"incarnation": store.incarnation(name),
-                  "actions_24h": len([t for t in store.actions(name)
-                                      if t > time.time() - 86400]),
-                  "driver": vm.driver, "domain": vm.domain}
-           for name, vm in spec.vms.items()}
+    maintenance = read_maintenance(spec.state_dir)
+    now = time.time()
+    vms: dict[str, dict[str, object]] = {}
+    next_at: dict[str, tuple[float, str]] = {}
+    for name, vm in spec.vms.items():
+        hist = history(store.actions(name), store.last_request(name), spec.policy, now)
+        wait, why = next_allowed(hist, spec.policy, now)
+        next_at[name] = (now + wait, why)
+        vms[name] = {"incarnation": store.incarnation(name),
+                     "actions_in_window": len(hist), "max_actions": spec.policy.max_actions,
+                     "window_s": spec.policy.window,
+                     "last_action": hist[-1] if hist else None,
+                     "next_allowed": now + wait, "next_allowed_why": why,
+                     "maintenance": maintenance.get(name),
+                     "driver": vm.driver, "domain": vm.domain}
     running = {rid: r for rid, r in store.requests.items()
                if r.get("state") in ("accepted", "in-progress")}
     if as_json:
         print(json.dumps({"vms": vms, "running": running, "journal": recent}, indent=1))
         return 0
     for name, v in vms.items():
-        print(f"{name}: incarnation {v['incarnation']}, {v['actions_24h']} action(s) in 24h, "
+        nxt, why = next_at[name]
+        allowed = ("next action allowed now" if nxt <= now
+                   else f"next action allowed at {_when(nxt)} ({why})")
+        print(f"{name}: incarnation {v['incarnation']}, {v['actions_in_window']}/"
+              f"{v['max_actions']} action(s) in the window, {allowed}, "
               f"driver {v['driver']} ({v['domain']})")
+        m = maintenance.get(name)
+        if m is not None:
+            since = f" since {_when(float(m['since']))}" if m.get("since") else ""
+            reason = f": {m['reason']}" if m.get("reason") else ""
+            print(f"{name}: MAINTENANCE{since}{reason} (requests refused)")
     for rid, r in running.items():
         print(f"running: {rid} {r.get('action')} {r.get('target')}: {r.get('detail')}")
     for rec in recent:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(rec.get("wall", 0))))
         print(f"{when} {rec.get('decision')} {rec.get('vm')} -> {rec.get('target')} "
               f"{rec.get('action')} [{rec.get('outcome')}] {rec.get('detail') or ''}".rstrip())
+    return 0
+
+
+def _maintenance(config: str, vm: str, on: bool, reason: str) -> int:
+    spec = _config.load(config, load_keys=False)
+    if vm not in spec.vms:
+        known = ", ".join(sorted(spec.vms)) or "none"
+        print(f"guardian-hostd: {vm!r} is not a VM of {config} (configured: {known})",
+              file=sys.stderr)
+        return 2
+    changed = set_maintenance(spec.state_dir, vm, on, reason=reason, now=time.time())
+    mode = "on" if on else "off"
+    print(f"{vm}: maintenance {mode}" + ("" if changed else " (already)")
+          + (f": {reason}" if on and reason else ""))
     return 0
 
 
@@ -121,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "status":
             return _status(args.config, args.json, args.tail)
+        if args.command == "maintenance":
+            return _maintenance(args.config, args.vm, args.mode == "on", args.reason)
         return asyncio.run(_serve(args.config))
     except ConfigErrors as exc:
         print(exc, file=sys.stderr)

@@ -10,6 +10,7 @@ from typing import Any
 from guardian._metrics import Metrics
 from ipfailover._wire import KeyRing
 
+from ._alert import Alerter
 from ._auth import Verifier
 from ._config import HostdSpec
 from ._drivers import Driver, build_driver
@@ -40,8 +41,10 @@ def build(spec: HostdSpec, *, drivers: Mapping[str, Driver] | None = None,
 
     metrics = Metrics(__version__)
     journal = CountingJournal(spec.journal_dir, metrics)
+    alerter = (Alerter(spec.alert_command, timeout=spec.alert_timeout)
+               if spec.alert_command else None)
     engine = Engine(spec.vms, spec.policy, chosen, StateStore(spec.state_dir), journal,
-                    clock, poll_interval=poll_interval)
+                    clock, poll_interval=poll_interval, alerter=alerter)
     verifier = Verifier(rings, wall=engine.clock.wall)
     return Hostd(spec, engine, verifier, HostdServer(engine, verifier), journal, metrics)
 

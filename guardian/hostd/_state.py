@@ -4,8 +4,17 @@
 fsync of the directory) after every change::
 
     {"version": 1,
-     "vms": {"web1": {"incarnation": 4, "actions": [1714550400.1, ...]}},
+     "vms": {"web1": {"incarnation": 4, "actions": [1714550400.1, ...],
+                      "last_request": 1714550999.0}},
      "requests": {"<request id>": {"sender": "web1", "state": "done", ...}}}
+
+``actions`` are the wall times of accepted actions on the VM still in the policy
+window; ``last_request`` the wall time of the last escalation about it that was
+accepted or rate-limited (the VM was not healthy then).
+
+``STATE_DIR/maintenance/<vm>`` exists while the VM is in maintenance mode (JSON
+``{"vm", "reason", "since"}``); written by ``guardian-hostd maintenance`` and read
+by the running daemon on every request, so no restart or signal is needed.
 
 ``JOURNAL_DIR/journal.jsonl`` gets one JSON line per decision, written with one
 ``os.write`` on an O_APPEND descriptor and fsynced.
@@ -15,11 +24,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import threading
 from pathlib import Path
 from typing import Any
 
 MAX_REQUESTS = 1000
 DAY = 86400.0
+MAINTENANCE_DIR = "maintenance"
+_VM_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 class StateStore:
@@ -43,9 +56,20 @@ class StateStore:
     def actions(self, name: str) -> list[float]:
         return [float(t) for t in self.vm(name)["actions"]]
 
-    def add_action(self, name: str, wall: float) -> None:
+    def add_action(self, name: str, wall: float, window: float = DAY) -> None:
         vm = self.vm(name)
-        vm["actions"] = [t for t in vm["actions"] if t > wall - DAY] + [wall]
+        vm["actions"] = [t for t in vm["actions"] if t > wall - window] + [wall]
+
+    def set_actions(self, name: str, walls: list[float]) -> None:
+        self.vm(name)["actions"] = list(walls)
+
+    def last_request(self, name: str) -> float | None:
+        t = self.vm(name).get("last_request")
+        return float(t) if t is not None else None
+
+    def note_request(self, name: str, wall: float) -> None:
+        """An escalation about ``name`` was accepted or rate-limited at ``wall``."""
+        self.vm(name)["last_request"] = wall
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -55,39 +79,108 @@ class StateStore:
             for rid in finished[: len(self.requests) - MAX_REQUESTS]:
                 del self.requests[rid]
         data = {"version": 1, "vms": self.vms, "requests": self.requests}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        _atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n",
+                      0o600)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def check_vm_name(name: str) -> str:
+    """A VM name usable as a file name (maintenance markers); ValueError otherwise."""
+    if not _VM_NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a usable VM name")
+    return name
+
+
+def read_maintenance(state_dir: Path | str) -> dict[str, dict[str, Any]]:
+    """VM name -> ``{"reason", "since"}`` for every VM in maintenance mode.
+
+    An unreadable or malformed marker still means maintenance (the file is there)."""
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        entries = list(os.scandir(Path(state_dir) / MAINTENANCE_DIR))
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for entry in entries:
+        if entry.name.startswith(".") or not _VM_NAME_RE.match(entry.name):
+            continue
+        info: dict[str, Any] = {"reason": "", "since": None}
         try:
-            os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+            with open(entry.path, encoding="utf-8") as fh:
+                data = json.loads(fh.read(65536) or "{}")
+            if isinstance(data, dict):
+                info["reason"] = str(data.get("reason", ""))
+                since = data.get("since")
+                info["since"] = (float(since) if isinstance(since, (int, float))
+                                 and not isinstance(since, bool) else None)
+        except (OSError, ValueError) as exc:
+            info["reason"] = f"(marker unreadable: {exc})"
+        out[entry.name] = info
+    return out
+
+
+def set_maintenance(state_dir: Path | str, vm: str, on: bool, *, reason: str = "",
+                    now: float) -> bool:
+    """Put ``vm`` in (``on``) or out of maintenance; returns whether anything changed."""
+    check_vm_name(vm)
+    d = Path(state_dir) / MAINTENANCE_DIR
+    path = d / vm
+    if not on:
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(d)
+        return True
+    d.mkdir(parents=True, exist_ok=True)
+    changed = not path.exists()
+    record = {"vm": vm, "reason": reason, "since": now}
+    _atomic_write(path, json.dumps(record, sort_keys=True).encode() + b"\n")
+    return changed
 
 
 class Journal:
+    """Thread-safe: the engine's worker threads and the alert worker append too."""
+
     def __init__(self, journal_dir: Path | str) -> None:
         self.dir = Path(journal_dir)
         self.path = self.dir / "journal.jsonl"
         self._fd: int | None = None
+        self._lock = threading.Lock()
 
     def append(self, record: dict[str, Any]) -> None:
-        if self._fd is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                               0o640)
-        os.write(self._fd, json.dumps(record, sort_keys=True).encode() + b"\n")
-        os.fsync(self._fd)
+        line = json.dumps(record, sort_keys=True, default=str).encode() + b"\n"
+        with self._lock:
+            if self._fd is None:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path,
+                                   os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            os.write(self._fd, line)
+            os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def read_journal(path: Path | str, tail: int | None = None) -> list[dict[str, Any]]:

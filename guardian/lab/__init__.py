@@ -15,6 +15,8 @@ tests, the demo and the benchmark::
         vm01.signal("apache2", signal.SIGKILL)   # inject a fault
         vm01.destroy(); vm01.boot()              # what dom0 does to a sick VM
 
+guardian-hostd's ``lab`` driver (``LabDriver``) does that to a VM found by name.
+
 Everything a lab creates is named ``<id>-...`` (id = ``g`` + 5 hex digits) and removed
 by ``Lab.close()``; ``cleanup_stale()`` removes what crashed runs left behind.
 """
@@ -22,6 +24,7 @@ by ``Lab.close()``; ``cleanup_stale()`` removes what crashed runs left behind.
 from ._errors import CommandError, LabError, LabTimeout, LabUnavailable, SupervisorError
 from ._guardian import Guardiand, listener_program
 from ._host import Host
+from ._hostd_driver import LabDriver, find_vm
 from ._lab import Lab
 from ._netns import call_in_netns, netns_executor
 from ._probes import HttpResponse, ProbeError, dns_query, http_get, smtp_banner
@@ -73,6 +76,7 @@ __all__ = [
     "Host",
     "HttpResponse",
     "Lab",
+    "LabDriver",
     "LabError",
     "LabTimeout",
     "LabUnavailable",
@@ -86,6 +90,7 @@ __all__ = [
     "call_in_netns",
     "cleanup_stale",
     "dns_query",
+    "find_vm",
     "http_get",
     "missing_requirements",
     "netns_executor",

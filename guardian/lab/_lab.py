@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import _render
+from . import _live, _render
 from ._errors import LabError, LabUnavailable
 from ._host import Host
 from ._netns import netns_add
@@ -45,6 +45,7 @@ class Lab:
         self._exim_config: str | None = None
         self._closed = False
         atexit.register(self._atexit)
+        _live.register(self)
         try:
             netns_add(self.lan_netns)
             run(
@@ -221,6 +222,7 @@ class Lab:
             return
         self._closed = True
         atexit.unregister(self._atexit)
+        _live.unregister(self)
         errors: list[str] = []
         for vm in self.vms:
             try:

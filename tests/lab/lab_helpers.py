@@ -1,47 +1,14 @@
-"""Helpers shared by the lab tests of guardian-hostd: a driver that recreates a lab
-VM, and hostd's server run on its own event loop inside the ``dom0`` namespace."""
+"""Helpers shared by the lab tests of guardian-hostd: hostd's server run on its own
+event loop inside the ``dom0`` namespace. (The driver that recreates a lab VM is
+``guardian.lab.LabDriver``, hostd's ``lab`` driver.)"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from guardian.hostd import DomainState, Hostd
-from guardian.lab import VM, Host
-
-
-class LabVMDriver:
-    """destroy() -> VM.destroy(); create() -> VM.boot(); state from VM.running.
-
-    Lab operations (veth, namespaces) must run in the root network namespace, so
-    they go to ``root_ns``, a worker thread started from the test's thread; hostd's
-    own threads live in dom0's namespace."""
-
-    def __init__(self, vm: VM, root_ns: ThreadPoolExecutor) -> None:
-        self.vm = vm
-        self.root_ns = root_ns
-        self.calls: list[str] = []
-
-    def _root(self, fn: Callable[[], Any]) -> Any:
-        return self.root_ns.submit(fn).result(60)
-
-    def state(self) -> DomainState:
-        return DomainState.RUNNING if self.vm.running else DomainState.ABSENT
-
-    def destroy(self) -> None:
-        self.calls.append("destroy")
-        self._root(self.vm.destroy)
-
-    def create(self) -> None:
-        self.calls.append("create")
-        self._root(self.boot)
-
-    def boot(self) -> None:
-        """Runs in the root namespace; subclasses add to it."""
-        self.vm.boot()
+from guardian.hostd import Hostd
+from guardian.lab import Host
 
 
 class HostdInDom0:

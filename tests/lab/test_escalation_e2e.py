@@ -3,10 +3,10 @@ guardian-hostd in dom0 to recreate the VM, and dom0 really does it.
 
 client, dom0 and vm01 on the lab LAN. guardiand runs in vm01 (supervisord backend,
 restart budget 1, ``ladder = ["escalate"]``, ``[escalation] channel = "http"``);
-guardian-hostd runs in-process in dom0's network namespace with a Python driver around
-``guardian.lab.VM`` (the approach of test_hostd_lab.py). The driver's create step boots
-the VM again and publishes hostd's new incarnation in the fresh VM's
-``/run/guardian/incarnation`` (the VM's /run is a fresh tmpfs at every boot).
+guardian-hostd runs in-process in dom0's network namespace with hostd's ``lab`` driver
+(``guardian.lab.LabDriver``, around ``guardian.lab.VM``; see test_hostd_lab.py). The
+driver's create step boots the VM again and publishes hostd's new incarnation in the
+fresh VM's ``/run/guardian/incarnation`` (the VM's /run is a fresh tmpfs at every boot).
 
 Timeline measured and printed: "restart budget spent" (guardiand's log) -> request
 accepted (hostd's journal) -> VM serving again (client), and the VM's boot time.
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_helpers import HostdInDom0, LabVMDriver
+from lab_helpers import HostdInDom0
 
 from guardian.hostd import DomainState, Hostd, HostdSpec, PolicySpec, VMSpec, build, sign
 from guardian.lab import (
@@ -39,6 +39,7 @@ from guardian.lab import (
     Guardiand,
     Host,
     Lab,
+    LabDriver,
     listener_program,
 )
 from ipfailover._wire import KeyRing
@@ -91,7 +92,7 @@ retry_max = "2s"
 """
 
 
-class RecordingLabVMDriver(LabVMDriver):
+class RecordingLabVMDriver(LabDriver):
     """The lab driver, also publishing hostd's incarnation in the new VM and timing
     the boot; records the states seen after the destroy (confirm death)."""
 
@@ -200,9 +201,9 @@ def test_escalation_over_http_recreates_vm(make_lab: Callable[[], Lab], tmp_path
     driver = RecordingLabVMDriver(vm, root_ns)
     spec = HostdSpec(
         source="lab", host=DOM0_IP, port=PORT, state_dir=tmp_path, journal_dir=tmp_path,
-        policy=PolicySpec(min_interval=600, max_per_day=3, confirm_timeout=15),
+        policy=PolicySpec(min_interval=600, max_actions=3, confirm_timeout=15),
         vms={"vm01": VMSpec(name="vm01", uuid=VM_UUID, key_file=tmp_path / "none",
-                            driver="command", domain="vm01", keys=KeyRing({1: KEY}))},
+                            driver="lab", domain="vm01", keys=KeyRing({1: KEY}))},
     )
     hostd = build(spec, drivers={"vm01": driver}, poll_interval=0.05)
     driver.hostd = hostd

@@ -1,10 +1,11 @@
 """guardian-hostd in the lab: hostd serving in the ``dom0`` namespace, a signed request
 from inside ``vm01`` makes dom0 really tear vm01 down and boot it again.
 
-The driver is a Python object around ``guardian.lab.VM`` (destroy()/boot()/running):
-hostd itself does not import the lab.  Lab operations (veth, namespaces) must run in
-the root network namespace, so the driver hands them to a worker thread started from
-the test's (root-namespace) thread; hostd's own threads live in dom0's namespace.
+The VM is configured with ``driver = "lab"``: hostd builds ``guardian.lab.LabDriver``
+through its ``guardian.hypervisors`` registry, which finds vm01 in the Lab alive in this
+process (destroy() -> VM.destroy(), create() -> VM.boot(), state from its processes).
+Lab operations (veth, namespaces) must run in the root network namespace: the driver
+hands them to a worker thread in it; hostd's own threads live in dom0's namespace.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_helpers import HostdInDom0, LabVMDriver
+from lab_helpers import HostdInDom0
 
 from guardian.hostd import HostdSpec, PolicySpec, VMSpec, build, sign
-from guardian.lab import DOM0_IP, VM01_IP, Lab
+from guardian.lab import DOM0_IP, VM01_IP, Lab, LabDriver
 from ipfailover._wire import KeyRing
 
 pytestmark = pytest.mark.lab
@@ -44,16 +44,7 @@ def _request(method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, 
         conn.close()
 
 
-@pytest.fixture
-def root_ns() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="root-ns")
-    pool.submit(lambda: None).result()  # its one worker is created here, in the root netns
-    yield pool
-    pool.shutdown(wait=True)
-
-
-def test_escalation_recreates_lab_vm(make_lab: Callable[[], Lab], tmp_path: Path,
-                                     root_ns: ThreadPoolExecutor) -> None:
+def test_escalation_recreates_lab_vm(make_lab: Callable[[], Lab], tmp_path: Path) -> None:
     lab = make_lab()
     dom0 = lab.host("dom0", DOM0_IP)
     vm01 = lab.vm("vm01", VM01_IP, services=("apache2",))
@@ -61,14 +52,15 @@ def test_escalation_recreates_lab_vm(make_lab: Callable[[], Lab], tmp_path: Path
     old_holder = vm01.holder_pid
     old_lab_incarnation = vm01.incarnation
 
-    driver = LabVMDriver(vm01, root_ns)
     spec = HostdSpec(
         source="lab", host=DOM0_IP, port=PORT, state_dir=tmp_path, journal_dir=tmp_path,
-        policy=PolicySpec(min_interval=600, max_per_day=3, confirm_timeout=15),
+        policy=PolicySpec(min_interval=600, max_actions=3, confirm_timeout=15),
         vms={"vm01": VMSpec(name="vm01", uuid="uuid-vm01", key_file=tmp_path / "none",
-                            driver="command", domain="vm01", keys=KeyRing({1: KEY}))},
+                            driver="lab", domain="vm01", keys=KeyRing({1: KEY}))},
     )
-    hostd = build(spec, drivers={"vm01": driver}, poll_interval=0.05)
+    hostd = build(spec, poll_interval=0.05)  # the driver from the registry
+    driver = hostd.engine.drivers["vm01"]
+    assert isinstance(driver, LabDriver) and driver.vm is vm01
     server = HostdInDom0(dom0, hostd, DOM0_IP, PORT)
     server.start()
     try:
@@ -113,3 +105,4 @@ def test_escalation_recreates_lab_vm(make_lab: Callable[[], Lab], tmp_path: Path
         assert [r["decision"] for r in journal] == ["accepted", "finished", "stale"]
     finally:
         server.stop()
+        driver.close()

@@ -330,14 +330,14 @@ def fake_xenstore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
 
 def test_xenstore_channel_writes_the_request_and_reads_dom0s_answer(
         fake_xenstore: Path) -> None:
-    ch = build_channel(spec(channel="xenstore"))
+    ch = build_channel(spec(channel="xenstore", xenstore_client="tools"))
     assert isinstance(ch, XenstoreChannel) and XenstoreChannel.tools_installed()
     req = request()
     dl = time.monotonic() + 5
 
     async def scenario() -> list[Answer]:
         answers = [await ch.send(req, dl), await ch.poll(req.request_id, dl)]
-        node = fake_xenstore / "control/guardian/escalation" / req.request_id
+        node = fake_xenstore / "guardian/answer" / req.request_id
         node.parent.mkdir(parents=True)
         node.write_text('{"state": "accepted", "detail": "queued"}')
         answers.append(await ch.poll(req.request_id, dl))
@@ -355,20 +355,82 @@ def test_xenstore_incarnation_from_the_store_else_the_file(
         fake_xenstore: Path, tmp_path: Path) -> None:
     inc = tmp_path / "incarnation"
     inc.write_text("5\n")
-    ch = build_channel(spec(channel="xenstore", incarnation_file=str(inc)))
+    ch = build_channel(spec(channel="xenstore", xenstore_client="tools",
+                            incarnation_file=str(inc)))
     dl = time.monotonic() + 5
     assert asyncio.run(ch.incarnation(dl)) == 5
     (fake_xenstore / "data/guardian").mkdir(parents=True)
-    (fake_xenstore / "data/guardian/incarnation").write_text("7")
+    (fake_xenstore / "data/guardian/incarnation").write_text("9")   # guest-writable: ignored
+    assert asyncio.run(ch.incarnation(dl)) == 5
+    (fake_xenstore / "guardian").mkdir(parents=True)
+    (fake_xenstore / "guardian/incarnation").write_text("7")        # dom0's node
     assert asyncio.run(ch.incarnation(dl)) == 7
 
 
 def test_xenstore_channel_without_the_tools_is_a_transient_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    ch = build_channel(spec(channel="xenstore"))
+    ch = build_channel(spec(channel="xenstore", xenstore_client="tools"))
     with pytest.raises(EscalationError, match="xenstore-utils"):
         asyncio.run(ch.send(request(), time.monotonic() + 5))
+
+
+def test_xenstore_wire_channel_against_the_stand_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from guardian.xenstore import StandIn
+
+    with StandIn(tmp_path / "xs") as xs:
+        domid = xs.create_domain("vm01", "6c1b3f0e-0000-4000-8000-000000000001")
+        monkeypatch.setenv("XENSTORED_PATH", str(xs.name_socket("vm01")))
+        inc = tmp_path / "incarnation"
+        inc.write_text("5\n")
+        ch = build_channel(spec(channel="xenstore", incarnation_file=str(inc)))
+        assert ch.describe() == "xenstore"
+        req = request()
+        dl = time.monotonic() + 5
+        top = f"/local/domain/{domid}"
+        assert asyncio.run(ch.send(req, dl)).state is AnswerState.SENT
+        written = xs.daemon.read(f"{top}/data/guardian/escalation/{req.request_id}")
+        assert written is not None and json.loads(written)["request_id"] == req.request_id
+        assert asyncio.run(ch.poll(req.request_id, dl)).state is AnswerState.SENT
+        assert asyncio.run(ch.incarnation(dl)) == 5                 # not published yet
+        xs.daemon.write(f"{top}/data/guardian/incarnation", "9")    # forgeable: ignored
+        assert asyncio.run(ch.incarnation(dl)) == 5
+        xs.daemon.write(f"{top}/guardian/incarnation", "7", ["n0", f"r{domid}"])
+        xs.daemon.write(f"{top}/guardian/answer/{req.request_id}",
+                        '{"state": "done", "detail": "recreated"}', ["n0", f"r{domid}"])
+        assert asyncio.run(ch.incarnation(dl)) == 7
+        assert asyncio.run(ch.poll(req.request_id, dl)) == Answer(AnswerState.DONE,
+                                                                   "recreated")
+        monkeypatch.setenv("XENSTORED_PATH", str(tmp_path / "none"))
+        with pytest.raises(EscalationError, match="xenstore"):
+            asyncio.run(ch.send(req, dl))
+
+
+@pytest.mark.skipif(not XenstoreChannel.tools_installed(),
+                    reason="xenstore-utils is not installed (apt-get install xenstore-utils)")
+def test_xenstore_tools_channel_against_the_stand_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from guardian.xenstore import StandIn
+
+    with StandIn(tmp_path / "xs") as xs:
+        domid = xs.create_domain("vm01", "6c1b3f0e-0000-4000-8000-000000000001")
+        monkeypatch.setenv("XENSTORED_PATH", str(xs.domain_socket(domid)))
+        ch = build_channel(spec(channel="xenstore", xenstore_client="tools",
+                                incarnation_file=str(tmp_path / "none")))
+        req = request()
+        dl = time.monotonic() + 10
+        top = f"/local/domain/{domid}"
+        assert asyncio.run(ch.send(req, dl)).state is AnswerState.SENT
+        assert xs.daemon.read(f"{top}/data/guardian/escalation/{req.request_id}")
+        assert asyncio.run(ch.poll(req.request_id, dl)).state is AnswerState.SENT
+        assert asyncio.run(ch.incarnation(dl)) is None
+        xs.daemon.write(f"{top}/guardian/incarnation", "4", ["n0", f"r{domid}"])
+        xs.daemon.write(f"{top}/guardian/answer/{req.request_id}",
+                        '{"state": "accepted", "detail": "queued"}', ["n0", f"r{domid}"])
+        assert asyncio.run(ch.incarnation(dl)) == 4
+        assert asyncio.run(ch.poll(req.request_id, dl)) == Answer(AnswerState.ACCEPTED,
+                                                                   "queued")
 
 
 # ----------------------------------------------------------------------------- identity
@@ -440,6 +502,7 @@ retry_max = "2m"
     ('channel = "exec"\ncommand = "true"\ncolour = 1', "g.toml: escalation.colour: unknown key"),
     ('channel = "exec"\ncommand = "true"\ntimeout = "0s"', "escalation.timeout: must be"),
     ('channel = "xenstore"\nanswer_path = "x/y"', "escalation.answer_path: must contain"),
+    ('channel = "xenstore"\nxenstore_client = "x"', "escalation.xenstore_client:"),
 ])
 def test_config_escalation_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigErrors) as info:

@@ -30,7 +30,9 @@ state_dir = "STATE"
 
 [policy]
 min_interval = "10m"
-max_per_day = 3
+max_actions = 3
+window = "24h"
+healthy_reset = "1h"
 confirm_timeout = "30s"
 
 [vms.web1]
@@ -49,12 +51,31 @@ def test_good(tmp_path: Path) -> None:
     assert vm.domain == "web1" and vm.config == "/etc/xen/web1.cfg"
     assert vm.keys is not None and vm.keys.ids == (1,)
     assert spec.journal_dir == spec.state_dir
+    p = spec.policy
+    assert (p.max_actions, p.window, p.healthy_reset) == (3, 86400, 3600)
+    assert spec.alert_command == ()
+
+
+def test_alert_command(tmp_path: Path) -> None:
+    text = GOOD.replace('state_dir = "STATE"', 'state_dir = "STATE"\n'
+                        'alert_command = ["/usr/local/bin/notify", "-t", "hostd"]\n'
+                        'alert_timeout = "5s"')
+    spec = load(write(tmp_path, text))
+    assert spec.alert_command == ("/usr/local/bin/notify", "-t", "hostd")
+    assert spec.alert_timeout == 5
 
 
 @pytest.mark.parametrize(
     ("edit", "where"),
     [
-        (('max_per_day = 3', 'max_per_day = 3\nmax_per_dya = 4'), "policy.max_per_dya"),
+        (('max_actions = 3', 'max_actions = 3\nmax_actoins = 4'), "policy.max_actoins"),
+        (('max_actions = 3', 'max_per_day = 3'), "policy.max_per_day"),
+        (('window = "24h"', 'window = "0"'), "policy.window"),
+        (('healthy_reset = "1h"', 'healthy_reset = "soon"'), "policy.healthy_reset"),
+        (('state_dir = "STATE"', 'state_dir = "STATE"\nalert_command = []'),
+         "hostd.alert_command"),
+        (('state_dir = "STATE"', 'state_dir = "STATE"\nalert_command = "x"'),
+         "hostd.alert_command"),
         (('"10m"', '"ten"'), "policy.min_interval"),
         (('driver = "xl"', 'driver = "vmware"'), "vms.web1.driver"),
         (('config = "/etc/xen/web1.cfg"', ''), "vms.web1.config"),
@@ -95,3 +116,17 @@ def test_cli_validate_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[s
     bad = write(tmp_path, GOOD.replace("[policy]", "[polcy]"))
     assert main(["validate", "--config", str(bad)]) == 2
     assert "polcy" in capsys.readouterr().err
+
+
+def test_peer_names_a_configured_vm(tmp_path: Path) -> None:
+    pair = GOOD + 'peer = "web2"\n' + GOOD[GOOD.index("[vms.web1]"):].replace(
+        "web1", "web2").replace("0001", "0002") + 'peer = "web1"\n'
+    spec = load(write(tmp_path, pair.replace("KEYFILE", str(tmp_path / "web1.keys"))))
+    assert spec.vms["web1"].peer == "web2" and spec.vms["web2"].peer == "web1"
+    with pytest.raises(ConfigErrors) as info:
+        load(write(tmp_path, GOOD + 'peer = "db9"\n'))
+    assert [str(e) for e in info.value.errors] == [
+        f"{tmp_path / 'hostd.toml'}: vms.web1.peer: 'db9' is not a configured VM ([vms.NAME])"]
+    with pytest.raises(ConfigErrors) as info:
+        load(write(tmp_path, GOOD + 'peer = "web1"\n'))
+    assert "vms.web1.peer: a VM cannot be its own peer" in str(info.value)

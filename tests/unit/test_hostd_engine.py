@@ -20,12 +20,15 @@ from guardian.hostd import (
     StateStore,
     VMSpec,
     decide,
+    history,
+    next_allowed,
     parse_request,
     read_journal,
 )
+from guardian.hostd._engine import backoff
 
 T0 = 1_800_000_000.0
-POLICY = PolicySpec(min_interval=600.0, max_per_day=3, confirm_timeout=30.0)
+POLICY = PolicySpec(min_interval=600.0, max_actions=3, confirm_timeout=30.0)
 
 
 class FakeClock:
@@ -80,9 +83,12 @@ class FakeDriver:
         self.current = DomainState.RUNNING
 
 
+PAIR = {"web1": "web2", "web2": "web1"}
+
+
 def vmspec(name: str) -> VMSpec:
     return VMSpec(name=name, uuid=f"uuid-{name}", key_file=Path("/nonexistent"),
-                  driver="command", domain=name)
+                  driver="command", domain=name, peer=PAIR.get(name))
 
 
 def body(vm: str = "web1", *, rid: str | None = None, incarnation: Any = 0,
@@ -136,12 +142,49 @@ RID = "0b7e2a34-9f7a-4c55-bd3e-2f8d4f1f0a11"
          Kind.RATE_LIMITED, 500),
         ("min_interval over", _req(),
          Snapshot(frozenset({"web1"}), {}, {"web1": [T0 - 600]}), T0, Kind.ACCEPT, 0),
-        ("max_per_day", _req(),
+        ("max_actions in window", _req(),
          Snapshot(frozenset({"web1"}), {}, {"web1": [T0 - 80000, T0 - 50000, T0 - 1000]}),
          T0, Kind.RATE_LIMITED, 6400),
-        ("old actions forgotten", _req(),
+        ("actions out of the window forgotten, backoff for two", _req(),
          Snapshot(frozenset({"web1"}), {}, {"web1": [T0 - 90000, T0 - 50000, T0 - 1000]}),
+         T0, Kind.RATE_LIMITED, 200),
+        ("backoff: second gap is 2 x min_interval", _req(),
+         Snapshot(frozenset({"web1"}), {}, {"web1": [T0 - 2000, T0 - 1000]}),
+         T0, Kind.RATE_LIMITED, 200),
+        ("backoff: second gap over", _req(),
+         Snapshot(frozenset({"web1"}), {}, {"web1": [T0 - 2500, T0 - 1200]}),
          T0, Kind.ACCEPT, 0),
+        ("max_actions: wait for the oldest to leave the window", _req(),
+         Snapshot(frozenset({"web1"}), {},
+                  {"web1": [T0 - 3000, T0 - 2400, T0 - 1200]}),
+         T0, Kind.RATE_LIMITED, 83400),
+        ("healthy for healthy_reset: history forgotten", _req(),
+         Snapshot(frozenset({"web1"}), {}, {"web1": [T0 - 80000, T0 - 50000, T0 - 3600]}),
+         T0, Kind.ACCEPT, 0),
+        ("a rate-limited request since: not healthy, history kept", _req(),
+         Snapshot(frozenset({"web1"}), {}, {"web1": [T0 - 80000, T0 - 50000, T0 - 3600]},
+                  last_requests={"web1": T0 - 100}),
+         T0, Kind.RATE_LIMITED, 6400),
+        ("an old request does not keep it", _req(),
+         Snapshot(frozenset({"web1"}), {}, {"web1": [T0 - 4000]},
+                  last_requests={"web1": T0 - 5000}),
+         T0, Kind.ACCEPT, 0),
+        ("maintenance", _req(),
+         Snapshot(frozenset({"web1"}), {}, {}, maintenance={"web1": {"reason": "upgrade"}}),
+         T0, Kind.MAINTENANCE, 0),
+        ("maintenance before the rate limit", _req(),
+         Snapshot(frozenset({"web1"}), {}, {"web1": [T0 - 10]},
+                  maintenance={"web1": {"reason": ""}}),
+         T0, Kind.MAINTENANCE, 0),
+        ("fence target in maintenance", _req(action="fence-peer", peer="web2"),
+         Snapshot(frozenset({"web1", "web2"}), {}, {}, maintenance={"web2": {}}, peers=PAIR),
+         T0, Kind.MAINTENANCE, 0),
+        ("sender in maintenance may fence its peer", _req(action="fence-peer", peer="web2"),
+         Snapshot(frozenset({"web1", "web2"}), {}, {}, maintenance={"web1": {}}, peers=PAIR),
+         T0, Kind.ACCEPT, 0),
+        ("stale before maintenance", _req(incarnation=0),
+         Snapshot(frozenset({"web1"}), {"web1": 1}, {}, maintenance={"web1": {}}),
+         T0, Kind.STALE, 0),
         ("running on target", _req(),
          Snapshot(frozenset({"web1"}), {}, {},
                   {"x": {"sender": "web1", "target": "web1", "state": "in-progress"}}),
@@ -151,10 +194,16 @@ RID = "0b7e2a34-9f7a-4c55-bd3e-2f8d4f1f0a11"
         ("fence self", _req(action="fence-peer", peer="web1"),
          Snapshot(frozenset({"web1", "web2"}), {}, {}), T0, Kind.REFUSED, 0),
         ("fence peer limited by peer history", _req(action="fence-peer", peer="web2"),
-         Snapshot(frozenset({"web1", "web2"}), {}, {"web2": [T0 - 10]}), T0,
+         Snapshot(frozenset({"web1", "web2"}), {}, {"web2": [T0 - 10]}, peers=PAIR), T0,
          Kind.RATE_LIMITED, 590),
         ("fence peer ok", _req(action="fence-peer", peer="web2"),
-         Snapshot(frozenset({"web1", "web2"}), {}, {"web1": [T0 - 10]}), T0, Kind.ACCEPT, 0),
+         Snapshot(frozenset({"web1", "web2"}), {}, {"web1": [T0 - 10]}, peers=PAIR), T0,
+         Kind.ACCEPT, 0),
+        ("fence a VM that is not the configured peer", _req(action="fence-peer", peer="web3"),
+         Snapshot(frozenset({"web1", "web2", "web3"}), {}, {}, peers=PAIR), T0,
+         Kind.REFUSED, 0),
+        ("fence with no peer configured", _req(action="fence-peer", peer="web2"),
+         Snapshot(frozenset({"web1", "web2"}), {}, {}), T0, Kind.REFUSED, 0),
     ],
 )
 def test_decide(name: str, req: Any, snap: Snapshot, now: float, kind: Kind,
@@ -162,6 +211,30 @@ def test_decide(name: str, req: Any, snap: Snapshot, now: float, kind: Kind,
     d = decide(req, "web1", snap, POLICY, now)
     assert d.kind is kind, (name, d)
     assert d.retry_after == pytest.approx(retry), name
+
+
+@pytest.mark.parametrize(
+    ("n", "gap"),
+    [(1, 600), (2, 1200), (3, 2400), (4, 4800), (8, 76800), (9, 86400), (60, 86400)],
+)
+def test_backoff_doubles_and_is_capped_at_the_window(n: int, gap: float) -> None:
+    policy = PolicySpec(min_interval=600, max_actions=100, window=86400, healthy_reset=0)
+    hist = [T0 - 10.0 * (n - i) for i in range(n)]
+    last = hist[-1]
+    assert backoff(n, policy) == gap
+    wait, why = next_allowed(hist, policy, last + 1)
+    assert wait == pytest.approx(gap - 1) and "min_interval" in why
+    assert decide(_req(), "web1", Snapshot(frozenset({"web1"}), {}, {"web1": hist}), policy,
+                  last + gap).kind is Kind.ACCEPT
+
+
+def test_healthy_reset_zero_never_forgets() -> None:
+    policy = PolicySpec(min_interval=600, max_actions=2, window=86400, healthy_reset=0)
+    snap = Snapshot(frozenset({"web1"}), {}, {"web1": [T0 - 80000, T0 - 70000]})
+    d = decide(_req(), "web1", snap, policy, T0)
+    assert d.kind is Kind.RATE_LIMITED and d.retry_after == pytest.approx(6400)
+    assert "max_actions" in d.detail
+    assert history([T0 - 80000, T0 - 90000], None, policy, T0) == [T0 - 80000]
 
 
 @pytest.mark.parametrize(
@@ -271,16 +344,33 @@ def test_rate_limit_429_and_journaled(
     assert "rate-limited" in decisions
 
 
-def test_max_per_day(world: tuple[Engine, FakeClock, dict[str, FakeDriver]]) -> None:
+def test_max_actions_backoff_and_healthy_reset(
+        world: tuple[Engine, FakeClock, dict[str, FakeDriver]]) -> None:
     engine, clock, drivers = world
-    for inc in range(3):
+    t_first = clock.now
+    for inc, gap in enumerate((600, 1200, 2400)):
         reply, job = engine.submit("web1", body(incarnation=inc))
-        assert reply.status == 202 and job
+        assert reply.status == 202 and job, (inc, reply)
         engine.execute(job)
-        clock.advance(700)
-    reply, _ = engine.submit("web1", body(incarnation=3))
-    assert reply.status == 429
-    assert reply.body["retry_after"] > 80000
+        clock.advance(gap - 10)
+        # the backoff: not yet (min_interval doubled after every action)
+        reply, _ = engine.submit("web1", body(incarnation=inc + 1))
+        assert reply.status == 429
+        clock.advance(10)
+    # three in the window: max_actions; retry when the first leaves the window, and the
+    # VM keeps asking, so it is not healthy: its history is not forgotten
+    for _ in range(6):
+        reply, _ = engine.submit("web1", body(incarnation=3))
+        assert reply.status == 429, reply
+        assert reply.body["retry_after"] == pytest.approx(t_first + 86400 - clock.now, abs=1)
+        assert "max_actions" in reply.body["error"]
+        clock.advance(3000)
+    # quiet for healthy_reset (1h) since the last escalation: counters start afresh
+    clock.advance(3600 - 3000)
+    reply, job = engine.submit("web1", body(incarnation=3))
+    assert reply.status == 202 and job
+    assert engine.store.actions("web1") == [clock.now]  # the old history is forgotten
+    assert drivers["web1"].calls.count("destroy") == 3
 
 
 def test_death_not_confirmed_never_creates(
@@ -325,6 +415,21 @@ def test_fence_peer(world: tuple[Engine, FakeClock, dict[str, FakeDriver]]) -> N
     assert engine.store.incarnation("web2") == 1
 
 
+def test_fence_of_a_vm_other_than_the_peer_is_refused(tmp_path: Path) -> None:
+    vms = {n: vmspec(n) for n in ("web1", "web2", "db1")}
+    drivers = {n: FakeDriver() for n in vms}
+    engine = Engine(vms, POLICY, drivers, StateStore(tmp_path), Journal(tmp_path),
+                    FakeClock())
+    reply, job = engine.submit("web1", body(action="fence-peer", peer="db1"))
+    assert reply.status == 202 and reply.body["state"] == "refused" and job is None
+    assert "web1 may fence only its configured peer ('web2'), not 'db1'" in \
+        reply.body["detail"], reply.body
+    # db1 has no peer at all
+    reply, job = engine.submit("db1", body("db1", action="fence-peer", peer="web1"))
+    assert reply.body["state"] == "refused" and "none configured" in reply.body["detail"]
+    assert all(d.calls == [] for d in drivers.values())
+
+
 def test_fence_unknown_peer_refused_and_kept(
         world: tuple[Engine, FakeClock, dict[str, FakeDriver]]) -> None:
     engine, clock, drivers = world
@@ -350,16 +455,102 @@ def test_status_of_other_vms_request_is_404(
     assert engine.status("web1", str(uuid.uuid4())).status == 404
 
 
-def test_interrupted_action_marked_failed_on_restart(tmp_path: Path) -> None:
+class Crash(BaseException):
+    """hostd dying (SIGKILL) in the middle of a driver call: nothing after it runs."""
+
+
+class CrashingDriver(FakeDriver):
+    """Dies (raises Crash) at the ``at`` call: "destroy" (before it acts), "destroyed"
+    (after it acted), "create" (before), "created" (after)."""
+
+    def __init__(self, at: str, shared: FakeDriver) -> None:
+        super().__init__()
+        self.at = at
+        self.shared = shared  # the domain itself outlives hostd
+
+    def state(self) -> DomainState:
+        return self.shared.state()
+
+    def destroy(self) -> None:
+        if self.at == "destroy":
+            raise Crash
+        self.shared.destroy()
+        if self.at == "destroyed":
+            raise Crash
+
+    def create(self) -> None:
+        if self.at == "create":
+            raise Crash
+        self.shared.create()
+        if self.at == "created":
+            raise Crash
+
+
+@pytest.mark.parametrize("at", ["queued", "destroy", "destroyed", "create", "created"])
+def test_hostd_killed_anywhere_in_a_recreate_resumes_to_exactly_one(
+        tmp_path: Path, at: str) -> None:
     clock = FakeClock()
     vms = {"web1": vmspec("web1")}
-    e1 = Engine(vms, POLICY, {"web1": FakeDriver()}, StateStore(tmp_path), Journal(tmp_path),
-                clock)
+    domain = FakeDriver()
+    e1 = Engine(vms, POLICY, {"web1": CrashingDriver(at, domain)}, StateStore(tmp_path),
+                Journal(tmp_path), clock, poll_interval=1.0)
     _, job = e1.submit("web1", body())
     assert job
-    drv = FakeDriver()
-    e2 = Engine(vms, POLICY, {"web1": drv}, StateStore(tmp_path), Journal(tmp_path), clock)
-    assert e2.status("web1", job).body["state"] == "failed"
-    assert drv.calls == []
-    # and the rate limit still counts it
-    assert e2.submit("web1", body())[0].status == 429
+    if at != "queued":  # "queued": hostd died between accepting and starting
+        with pytest.raises(Crash):
+            e1.execute(job)
+    assert e1.status("web1", job).body["state"] in ("accepted", "in-progress")
+    e2 = Engine(vms, POLICY, {"web1": domain}, StateStore(tmp_path), Journal(tmp_path),
+                clock, poll_interval=1.0)
+    assert e2.resumable() == [job] and e2.resumable() == []
+    e2.execute(job)
+    view = e2.status("web1", job).body
+    assert view["state"] == "done" and view["incarnation"] == 1, view
+    assert e2.store.incarnation("web1") == 1
+    assert domain.calls.count("create") == 1, domain.calls
+    assert domain.current is DomainState.RUNNING
+    decisions = [r["decision"] for r in read_journal(tmp_path / "journal.jsonl")]
+    assert decisions == ["accepted", "resumed", "finished"], decisions
+    # a third hostd has nothing to resume
+    e3 = Engine(vms, POLICY, {"web1": domain}, StateStore(tmp_path), Journal(tmp_path), clock)
+    assert e3.resumable() == []
+
+
+def test_resumed_create_with_unknown_state_fails_rather_than_doubling(tmp_path: Path) -> None:
+    clock = FakeClock()
+    vms = {"web1": vmspec("web1")}
+    domain = FakeDriver()
+    e1 = Engine(vms, POLICY, {"web1": CrashingDriver("create", domain)}, StateStore(tmp_path),
+                Journal(tmp_path), clock, poll_interval=1.0)
+    _, job = e1.submit("web1", body())
+    assert job
+    with pytest.raises(Crash):
+        e1.execute(job)
+    domain.current = DomainState.UNKNOWN  # the toolstack does not answer
+    e2 = Engine(vms, POLICY, {"web1": domain}, StateStore(tmp_path), Journal(tmp_path), clock)
+    (rid,) = e2.resumable()
+    e2.execute(rid)
+    view = e2.status("web1", rid).body
+    assert view["state"] == "failed" and "never two instances" in view["detail"], view
+    assert "create" not in domain.calls
+
+
+def test_resumed_fence_after_confirmed_death_is_done(tmp_path: Path) -> None:
+    clock = FakeClock()
+    vms = {"web1": vmspec("web1"), "web2": vmspec("web2")}
+    peer = FakeDriver()
+    e1 = Engine(vms, POLICY, {"web1": FakeDriver(), "web2": peer}, StateStore(tmp_path),
+                Journal(tmp_path), clock, poll_interval=1.0)
+    _, job = e1.submit("web1", body(action="fence-peer", peer="web2"))
+    assert job
+    # died right after the incarnation was saved with phase "destroyed"
+    e1.execute(job)
+    with e1._lock:
+        e1.store.requests[job].update(state="in-progress", phase="destroyed")
+        e1.store.save()
+    e2 = Engine(vms, POLICY, {"web1": FakeDriver(), "web2": peer}, StateStore(tmp_path),
+                Journal(tmp_path), clock)
+    e2.execute(e2.resumable()[0])
+    assert e2.status("web1", job).body["state"] == "done"
+    assert peer.calls.count("destroy") == 1 and "create" not in peer.calls
+    assert e2.store.incarnation("web2") == 1

@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from guardian.hostd import DomainState, Hostd, HostdSpec, PolicySpec, VMSpec, build, sign
+from guardian.hostd import (
+    DomainState,
+    Hostd,
+    HostdSpec,
+    PolicySpec,
+    Reply,
+    VMSpec,
+    build,
+    sign,
+)
 from ipfailover._wire import KeyRing
 
 K1 = bytes(range(32))
@@ -71,10 +80,11 @@ class Served:
         finally:
             conn.close()
 
-    def wait_state(self, rid: str, want: str, timeout: float = 5.0) -> dict[str, Any]:
+    def wait_state(self, rid: str, want: str, timeout: float = 5.0, *,
+                   key: bytes = K1) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            status, body, _ = self.request("GET", f"{POST}/{rid}")
+            status, body, _ = self.request("GET", f"{POST}/{rid}", key=key)
             assert status == 200, body
             if body["state"] == want or time.monotonic() > deadline:
                 return body
@@ -83,14 +93,15 @@ class Served:
 
 def vm(name: str, key: bytes) -> VMSpec:
     return VMSpec(name=name, uuid=f"uuid-{name}", key_file=Path("/nonexistent"),
-                  driver="command", domain=name, keys=KeyRing({1: key}))
+                  driver="command", domain=name, keys=KeyRing({1: key}),
+                  peer={"web1": "web2", "web2": "web1"}.get(name))
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     spec = HostdSpec(source="test", host="127.0.0.1", port=0, state_dir=tmp_path,
                      journal_dir=tmp_path,
-                     policy=PolicySpec(min_interval=600, max_per_day=3, confirm_timeout=2),
+                     policy=PolicySpec(min_interval=600, max_actions=3, confirm_timeout=2),
                      vms={"web1": vm("web1", K1), "web2": vm("web2", K2)})
     drivers = {"web1": SlowDriver(), "web2": SlowDriver()}
     hostd = build(spec, drivers=drivers, poll_interval=0.01)
@@ -242,3 +253,140 @@ def test_slow_client_times_out(served: Served) -> None:
         data = s.recv(65536)
     assert data.startswith(b"HTTP/1.1 400")
     assert served.hostd.engine.counters["timeouts"] == 1
+
+
+# ------------------------------------------------------------- fairness under a flood
+
+FLOOD_IP = "127.0.0.2"  # the flooding guest; the well-behaved one is 127.0.0.1
+
+
+def flood_socket(port: int, data: bytes) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.bind((FLOOD_IP, 0))
+    s.connect(("127.0.0.1", port))
+    if data:
+        s.sendall(data)
+    return s
+
+
+def test_flood_from_one_guest_does_not_delay_another(served: Served) -> None:
+    """Hundreds of connections from one address: slowloris, garbage, and signed
+    requests as fast as it can; another VM's valid request still gets its 202
+    promptly."""
+    port = served.port
+    stop = threading.Event()
+    sent = [0]
+
+    def spam() -> None:
+        kinds = [b"garbage\r\n\r\n", b"POST /v1/escalations HTTP/1.1\r\nContent-Length: 5\r\n"]
+        while not stop.is_set():
+            b = body("web1")
+            h = sign(1, K1, "POST", POST, b)
+            head = "".join(f"{k}: {v}\r\n" for k, v in h.items())
+            signed = (f"POST {POST} HTTP/1.1\r\n{head}Content-Length: {len(b)}\r\n\r\n"
+                      .encode() + b)
+            for data in (*kinds, signed):
+                try:
+                    with flood_socket(port, data) as s:
+                        s.recv(100)
+                except OSError:
+                    pass
+                sent[0] += 1
+
+    slow: list[socket.socket] = []
+    threads = [threading.Thread(target=spam, daemon=True) for _ in range(4)]
+    try:
+        for _ in range(300):  # slowloris: a request line, then nothing
+            try:
+                slow.append(flood_socket(port, b"POST /v1/escalations HTTP/1.1\r\nX-"))
+            except OSError:
+                pass
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        for _ in range(3):
+            t0 = time.monotonic()
+            status, reply, _ = served.request("POST", POST, body("web2"), key=K2)
+            elapsed = time.monotonic() - t0
+            assert status in (202, 429), reply
+            assert elapsed < 1.0, elapsed
+            if status == 202:
+                break
+        assert status == 202 and reply["state"] == "accepted", reply
+        # a status query is answered promptly too
+        t0 = time.monotonic()
+        assert served.request("GET", f"{POST}/{reply['request_id']}", key=K2)[0] == 200
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        for s in slow:
+            s.close()
+    counters = served.hostd.engine.counters
+    assert counters["connections_per_ip_limited"] >= 250, counters
+    assert sent[0] > 10
+    assert served.hostd.server._per_ip.get(FLOOD_IP, 0) <= served.hostd.server.max_per_ip
+
+
+def test_global_connection_cap(served: Served) -> None:
+    server = served.hostd.server
+    server.max_connections = 3
+    server.max_per_ip = 100
+    held = [flood_socket(served.port, b"POST /v1") for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 5
+        while server._connections < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
+            # refused before anything is read: the answer comes without a request
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        assert out.startswith(b"HTTP/1.1 429"), out
+        assert b"Retry-After: 1" in out
+        assert served.hostd.engine.counters["connections_over_limit"] == 1
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 5
+    while server._connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert served.request("GET", f"{POST}/{uuid.uuid4()}")[0] == 404
+
+
+def test_per_sender_requests_in_flight(served: Served) -> None:
+    engine = served.hostd.engine
+    real_submit = engine.submit
+    gate = threading.Event()
+
+    def slow_submit(sender: str, body: bytes) -> tuple[Reply, str | None]:
+        if sender == "web1":
+            gate.wait(5)
+        return real_submit(sender, body)
+
+    engine.submit = slow_submit  # type: ignore[method-assign]
+    results: list[int] = []
+
+    def post() -> None:
+        results.append(served.request("POST", POST, body("web1"))[0])
+
+    threads = [threading.Thread(target=post) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while engine.counters.get("sender_limited", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.counters["sender_limited"] == 1
+        # web1 has two requests stuck in the engine; web2 is not held up
+        t0 = time.monotonic()
+        status, reply, _ = served.request("POST", POST, body("web2"), key=K2)
+        assert status == 202 and time.monotonic() - t0 < 1.0, reply
+    finally:
+        gate.set()
+        for t in threads:
+            t.join(10)
+    assert sorted(results) == [202, 429, 429]  # one accepted, one rate-limited, one limited
+    assert served.wait_state(reply["request_id"], "done", key=K2)["state"] == "done"
