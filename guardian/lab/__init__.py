@@ -22,6 +22,7 @@ by ``Lab.close()``; ``cleanup_stale()`` removes what crashed runs left behind.
 """
 
 from ._errors import CommandError, LabError, LabTimeout, LabUnavailable, SupervisorError
+from ._escalation import EscalationRig, HostdInDom0, RigDriver
 from ._guardian import Guardiand, listener_program
 from ._host import Host
 from ._hostd_driver import LabDriver, find_vm
@@ -73,6 +74,9 @@ __all__ = [
     "WRONG_ADDRESS",
     "CleanupReport",
     "CommandError",
+    "EscalationRig",
+    "HostdInDom0",
+    "RigDriver",
     "Host",
     "HttpResponse",
     "Lab",

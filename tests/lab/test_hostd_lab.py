@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_helpers import HostdInDom0
 
 from guardian.hostd import HostdSpec, PolicySpec, VMSpec, build, sign
-from guardian.lab import DOM0_IP, VM01_IP, Lab, LabDriver
+from guardian.lab import DOM0_IP, VM01_IP, HostdInDom0, Lab, LabDriver
 from ipfailover._wire import KeyRing
 
 pytestmark = pytest.mark.lab
