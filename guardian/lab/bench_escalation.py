@@ -178,6 +178,7 @@ def guardian_runs(lab: Lab, workdir: Path, runs: int, log: Callable[[str], None]
 def monit_runs(lab: Lab, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
     samples: list[dict[str, float]] = []
     failures: list[str] = []
+    last_log = ""
     mon = MonitSystem(lab, VM02_IP, extra_rules=MONIT_RULE)
     try:
         vm = mon.vm
@@ -189,6 +190,7 @@ def monit_runs(lab: Lab, runs: int, log: Callable[[str], None]) -> dict[str, Any
                 wait_for(lambda: _escalations(mon), 30, "monit's exec", mon.log)
                 t_exec = _escalations(mon)[0]
                 samples.append({"fault_to_request_out": t_exec - t_fault})
+                last_log = mon.log()[-3000:]
                 log(f"monit run {i}/{runs}: fault -> exec {t_exec - t_fault:.3f} s")
             except LabError as exc:
                 failures.append(str(exc).splitlines()[0])
@@ -198,7 +200,7 @@ def monit_runs(lab: Lab, runs: int, log: Callable[[str], None]) -> dict[str, Any
         mon.close()
     return {"system": MONIT, "runs": len(samples), "attempts": runs, "samples": samples,
             "failures": len(failures), "failure_reasons": failures,
-            "settings": f"{mon.version}: {MONIT_SETTINGS}"}
+            "settings": f"{mon.version}: {MONIT_SETTINGS}", "last_run_log": last_log}
 
 
 def _escalations(mon: MonitSystem) -> list[float]:
