@@ -214,6 +214,12 @@ class Metrics:
             "guardian_hostd_decisions_total",
             "guardian-hostd decisions on escalation requests, by decision.",
             ["decision"], registry=r)
+        self.hostd_events = Counter(
+            "guardian_hostd_events_total",
+            "guardian-hostd's own counters: requests refused before a decision (bad "
+            "requests, authentication failures, connection and per-VM limits, XenStore "
+            "refusals), alerts suppressed or dropped, actions done or failed.",
+            ["event"], registry=r)
         # ---- the journal
         self.journal_records = Counter(
             "guardian_journal_records_total", "Records written to the incident journal.",
@@ -227,6 +233,7 @@ class Metrics:
         self._roles: dict[str, str] = {}
         self._drops_seen: dict[tuple[str, str], int] = {}
         self._journal_seen: dict[str, int] = {}
+        self._hostd_seen: dict[str, int] = {}
 
     # ------------------------------------------------------------ services
     def observe_probe(self, service: str, check: str, kind: str, result: CheckResult) -> None:
@@ -325,6 +332,15 @@ class Metrics:
 
     def hostd_decision(self, decision: str) -> None:
         self.hostd_decisions.labels(decision).inc()
+
+    def hostd_counts(self, counts: Mapping[str, int]) -> None:
+        """Bring ``guardian_hostd_events_total`` up to hostd's in-memory counters
+        (monotonic: only the increase since the last call is added)."""
+        for name, value in counts.items():
+            seen = self._hostd_seen.get(name, 0)
+            if value > seen:
+                self.hostd_events.labels(name).inc(value - seen)
+                self._hostd_seen[name] = value
 
     # ------------------------------------------------------------ the journal
     def watch_journal(self, journal: Journal) -> None:

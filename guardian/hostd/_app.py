@@ -46,6 +46,14 @@ def build(spec: HostdSpec, *, drivers: Mapping[str, Driver] | None = None,
     engine = Engine(spec.vms, spec.policy, chosen, StateStore(spec.state_dir), journal,
                     clock, poll_interval=poll_interval, alerter=alerter)
     verifier = Verifier(rings, wall=engine.clock.wall)
+
+    def counts() -> None:
+        merged = dict(engine.counters)
+        if alerter is not None:
+            merged.update(alerter.counters)
+        metrics.hostd_counts(merged)
+
+    metrics.on_scrape(counts)
     return Hostd(spec, engine, verifier, HostdServer(engine, verifier), journal, metrics)
 
 

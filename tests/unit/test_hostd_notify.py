@@ -72,3 +72,36 @@ def test_decisions_are_counted_for_prometheus(tmp_path: Path) -> None:
            if s.name.endswith("_total")}
     assert got == {"accepted": 2.0, "rate-limited": 1.0}
     assert len((tmp_path / "journal" / "journal.jsonl").read_text().splitlines()) == 3
+
+
+def test_hostd_counters_are_exported_on_scrape(tmp_path: Path) -> None:
+    """guardian_hostd_events_total follows the engine's and the alerter's in-memory
+    counters (refusals before a decision, suppressed alerts), increases only."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from guardian.hostd import HostdSpec, PolicySpec, VMSpec, build
+    from ipfailover._wire import KeyRing
+
+    spec = HostdSpec(source="t", host="127.0.0.1", port=0, state_dir=tmp_path,
+                     journal_dir=tmp_path, policy=PolicySpec(), alert_command=("/bin/true",),
+                     vms={"vm01": VMSpec(name="vm01", uuid="u-1", key_file=tmp_path / "k",
+                                         driver="command", domain="vm01",
+                                         destroy_command=("true",), create_command=("true",),
+                                         state_command=("true",),
+                                         keys=KeyRing({1: b"k" * 32}))})
+    hostd = build(spec)
+
+    def events() -> dict[str, float]:
+        fams = {f.name: f for f in text_string_to_metric_families(hostd.metrics.text())}
+        return {s.labels["event"]: s.value for s in fams["guardian_hostd_events"].samples
+                if s.name.endswith("_total")}
+
+    hostd.engine.count("auth_failures")
+    hostd.engine.count("auth_failures")
+    assert hostd.engine.alerter is not None
+    hostd.engine.alerter.counters["alerts_suppressed"] = 3
+    assert events() == {"auth_failures": 2.0, "alerts_suppressed": 3.0}
+    hostd.engine.count("bad_requests")
+    assert events() == {"auth_failures": 2.0, "alerts_suppressed": 3.0, "bad_requests": 1.0}
+    hostd.engine.alerter.close(1)
+    hostd.journal.close()

@@ -47,6 +47,7 @@ FAMILIES = {
     "guardian_failover_phase_seconds": "histogram",
     "guardian_escalations": "counter",
     "guardian_hostd_decisions": "counter",
+    "guardian_hostd_events": "counter",
     "guardian_journal_records": "counter",
     "guardian_journal_write_errors": "counter",
 }
@@ -72,7 +73,8 @@ def test_every_family_is_defined_and_documented() -> None:
                          ("state", ("web", "up")), ("pair_role", ("vip", "master")),
                          ("heartbeat_age", ("vip", 0, 0.05)), ("drop", ("vip", "bad-mac")),
                          ("failover_phase", ("vip", "detection", 0.15)),
-                         ("escalation", ("sent",)), ("hostd_decision", ("recreate",))]:
+                         ("escalation", ("sent",)), ("hostd_decision", ("recreate",)),
+                         ("hostd_counts", ({"auth_failures": 1},))]:
         getattr(m, method)(*args)
     fams = {f.name: f.type for f in text_string_to_metric_families(m.text())}
     assert {k: fams.get(k) for k in FAMILIES} == FAMILIES
