@@ -1,6 +1,13 @@
 """The ``Channel`` interface, finding a channel by name (built-ins, the
 ``guardian.escalations`` entry-point group, ``module:Class``), and where this
-VM's identity (UUID, incarnation) comes from."""
+VM's identity (UUID, incarnation) comes from.
+
+The incarnation: on Xen, guardian-hostd publishes it in XenStore
+(``guardian/incarnation`` under the guest's domain path, owned by dom0 and only
+readable by the guest), where a guest can read it but not forge it.  Every channel
+reads it from there when XenStore is reachable (``$XENSTORED_PATH``, xenstored's
+socket, or ``/dev/xen/xenbus``), and from ``incarnation_file`` otherwise (or when
+the node is missing or unreadable)."""
 
 from __future__ import annotations
 
@@ -8,11 +15,14 @@ import abc
 import asyncio
 import contextlib
 import os
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from checks._base import run_in_thread
 from checks._registry import import_object, load_entry_point
 
+from .. import xenstore
 from .._model import EscalationSpec
 from ._request import Answer, Request
 
@@ -25,6 +35,11 @@ _BUILTINS = {
 }
 
 HYPERVISOR_UUID = Path("/sys/hypervisor/uuid")
+#: dom0's node with this VM's incarnation, relative to the guest's domain path
+XENSTORE_INCARNATION = "guardian/incarnation"
+#: the longest one read of it may take (a reply takes milliseconds; a hung xenstored
+#: must not use up a whole escalation's time)
+XENSTORE_READ_TIMEOUT = 2.0
 _NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
 
@@ -66,11 +81,49 @@ class Channel(abc.ABC):
         return self.name
 
     async def incarnation(self, deadline: float) -> int | None:
-        """This VM's incarnation as published by dom0; None when unknown."""
+        """This VM's incarnation as published by dom0: XenStore's
+        ``guardian/incarnation`` when XenStore is reachable and has it, else
+        ``incarnation_file``; None when unknown.  Never raises; waits at most until
+        ``deadline`` (and ``XENSTORE_READ_TIMEOUT``) in a worker thread."""
+        if xenstore_reachable():
+            found = await xenstore_incarnation(deadline)
+            if found is not None:
+                return found
         return read_incarnation_file(Path(self.spec.incarnation_file))
 
     async def vm_uuid(self, deadline: float) -> str:
         return vm_uuid(self.spec)
+
+
+def xenstore_reachable() -> bool:
+    """Whether this guest has a XenStore to ask: ``$XENSTORED_PATH`` set, or
+    xenstored's socket or the xenbus device present (where ``guardian.xenstore.Client``
+    connects)."""
+    if os.environ.get("XENSTORED_PATH"):
+        return True
+    return os.path.exists(xenstore.DEFAULT_SOCKET) or os.path.exists(xenstore.XENBUS_DEVICE)
+
+
+async def xenstore_incarnation(deadline: float,
+                               timeout: float = XENSTORE_READ_TIMEOUT) -> int | None:
+    """The incarnation dom0 published in XenStore, read in a worker thread until
+    ``deadline`` (at most ``timeout`` seconds); None when it is missing, not a number,
+    or XenStore does not answer in time."""
+    left = min(deadline - time.monotonic(), timeout)
+    if left <= 0:
+        return None
+    end = time.monotonic() + left
+
+    def read() -> str:
+        with xenstore.Client(timeout=left, deadline=end) as client:
+            return client.read_text(XENSTORE_INCARNATION)
+
+    try:
+        async with asyncio.timeout(left + 0.5):
+            text = await run_in_thread(read)
+        return int(text.strip())
+    except Exception:  # noqa: BLE001 - no answer, no node, no number: unknown
+        return None
 
 
 def read_incarnation_file(path: Path) -> int | None:

@@ -67,7 +67,7 @@ class Guardiand:
         self.vm.run(["mkdir", "-p", os.path.dirname(self.config_path)])
         self.vm.write_file(self.config_path, self.config)
         argv = [sys.executable, "-m", "guardian", "--config", self.config_path, "run"]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**self._env(), "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
         with open(self.log_path, "ab") as log:
             self.proc = self.vm.popen(
@@ -77,6 +77,16 @@ class Guardiand:
         self.wait(lambda st: all(s["state"] != "starting" for s in st["services"]),
                   timeout=timeout, what="every service out of 'starting'")
         return self
+
+    def _env(self) -> dict[str, str]:
+        """This process' environment (guardiand runs from its venv), with the VM's
+        ``XENSTORED_PATH`` when it has a XenStore domain (``Lab.xenstore()``)."""
+        env = dict(os.environ)
+        env.pop("XENSTORED_PATH", None)
+        path = self.vm.xenstore_path
+        if path is not None:
+            env["XENSTORED_PATH"] = path
+        return env
 
     @property
     def pid(self) -> int:
@@ -198,4 +208,4 @@ class Guardiand:
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run ``guardian ARGS`` inside the VM (e.g. ``status``)."""
         return self.vm.run([sys.executable, "-m", "guardian", "--config", self.config_path,
-                            *args], check=check, env={**os.environ})
+                            *args], check=check, env=self._env())

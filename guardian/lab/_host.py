@@ -89,6 +89,13 @@ class Host:
             ),
         )
 
+    def _cut_port(self) -> None:
+        """Delete this host's switch port (and so its eth0, the other end of the veth
+        pair), as Xen's toolstack removes a destroyed domain's vif: whatever still
+        pins the namespace (a test's thread in it), the addresses are gone from the
+        LAN."""
+        run(["ip", "-n", self.lab.lan_netns, "link", "del", self.port], check=False)
+
     def _unplug(self, timeout: float = 5.0) -> None:
         """Kill every process in the namespace, then delete it (the veth pair goes too)."""
         ino = netns_inode(self.netns)

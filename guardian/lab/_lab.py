@@ -11,6 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from guardian.xenstore import StandIn
+
 from . import _live, _render
 from ._errors import LabError, LabUnavailable
 from ._host import Host
@@ -43,6 +45,7 @@ class Lab:
         self.hosts: dict[str, Host] = {}
         self._procs: list[subprocess.Popen[Any]] = []
         self._exim_config: str | None = None
+        self._xenstore: StandIn | None = None
         self._closed = False
         atexit.register(self._atexit)
         _live.register(self)
@@ -135,11 +138,13 @@ class Lab:
         services: tuple[str, ...] = SERVICES,
         extra_programs: tuple[Program, ...] = (),
         boot: bool = True,
+        uuid: str | None = None,
     ) -> VM:
         """Add a VM running supervisord with the stock ``services``; ``autorestart``
         and ``startsecs`` for all of them or per program name. ``extra_programs`` adds
         supervisord programs/event listeners (e.g. guardiand). Boots it unless ``boot``
-        is False (then ``vm.boot()``, or ``lab.boot()`` to boot several at once). For
+        is False (then ``vm.boot()``, or ``lab.boot()`` to boot several at once).
+        ``uuid``: the VM's UUID (default: derived from the lab id and ``name``). For
         full control build a VMSpec and use ``add_vm()``."""
         spec = VMSpec(
             name,
@@ -149,6 +154,7 @@ class Lab:
                 autorestart=autorestart, startsecs=startsecs, services=services
             ),
             extra_programs=extra_programs,
+            uuid=uuid,
         )
         return self.add_vm(spec, boot=boot)
 
@@ -204,6 +210,30 @@ class Lab:
             self._exim_config = out.read_text()
         return self._exim_config
 
+    # -- XenStore ----------------------------------------------------------------------
+
+    def xenstore(self) -> StandIn:
+        """Turn on the lab's XenStore (opt-in; idempotent): a stand-in xenstored
+        (``guardian.xenstore.StandIn``) in ``<lab dir>/xenstore``, serving dom0 on its
+        ``socket`` (for guardian-hostd in the ``dom0`` host: ``[hostd] xenstore``).
+
+        From then on, every ``VM.boot()`` gives the VM a new domain (the next domid,
+        the VM's ``uuid``; libxl's layout) and ``VM.destroy()`` releases it, as Xen's
+        toolstack does. The VM's processes (its supervisord's programs, ``vm.run``,
+        ``Guardiand``) get ``XENSTORED_PATH=<dir>/<name>.sock``, which inside the VM
+        is that domain's socket and the directory's only entry. VMs already running
+        get a domain at their next boot. Stopped by ``close()``."""
+        if self._closed:
+            raise LabError(f"lab {self.id} is closed")
+        if self._xenstore is None:
+            self._xenstore = StandIn(self.dir / "xenstore").start()
+        return self._xenstore
+
+    @property
+    def xenstore_server(self) -> StandIn | None:
+        """The lab's stand-in xenstored if ``xenstore()`` turned it on, else None."""
+        return self._xenstore
+
     def _track(self, proc: subprocess.Popen[Any]) -> None:
         self._reap()
         self._procs.append(proc)
@@ -229,6 +259,8 @@ class Lab:
                 vm.destroy()
             except LabError as exc:
                 errors.append(f"{vm.name}: {exc}")
+        if self._xenstore is not None:
+            self._xenstore.close()
         errors += teardown(self.id, root=self.root)
         for proc in self._procs:
             if proc.poll() is None:

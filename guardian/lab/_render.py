@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from ._spec import Program, ProgramKind, VMSpec
 
@@ -239,20 +240,43 @@ VM_DIRS: tuple[tuple[str, str | None, str | None, str], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class XenstoreMount:
+    """A VM's view of the lab's stand-in xenstored (``Lab.xenstore()``): inside the
+    VM, ``<directory>/<name>.sock`` (the path its processes get as
+    ``$XENSTORED_PATH``, the same as on the host) is the stand-in's socket of the
+    VM's current domain, ``<directory>/<socket>``, and nothing else of the directory
+    is there (dom0's socket is not: a guest talks to XenStore as its own domain)."""
+
+    directory: str
+    name: str
+    socket: str
+
+    @property
+    def guest_path(self) -> str:
+        return f"{self.directory}/{self.name}.sock"
+
+
 def setup_script(
     spec: VMSpec,
     *,
     incarnation: int,
     binds: Sequence[tuple[str, str]],
     tmpfs: Sequence[str],
+    xenstore: XenstoreMount | None = None,
 ) -> str:
     """The script the VM's holder process runs in its fresh mount + UTS namespace.
 
     Bind mounts come first: their sources live under the host's /run, which the VM's
-    own /run tmpfs hides afterwards. Prints READY, then becomes ``sleep infinity``.
+    own /run tmpfs hides afterwards. With ``xenstore``, the VM's own XenStore socket
+    appears at the same path as on the host (see ``XenstoreMount``). Prints READY,
+    then becomes ``sleep infinity``.
     """
     q = shlex.quote
     lines = ["set -eu", f"hostname {q(spec.name)}"]
+    if xenstore is not None:
+        # hold the host's stand-in directory open while it is still in sight
+        lines.append(f"exec 3<{q(xenstore.directory)}")
     lines += [f"mount --bind {q(src)} {q(dst)}" for src, dst in binds]
     for path in tmpfs:
         mode = "1777" if path == "/tmp" else "0755"
@@ -261,6 +285,17 @@ def setup_script(
         if any(path == t or path.startswith(t.rstrip("/") + "/") for t in tmpfs):
             own = (f" -o {owner}" if owner else "") + (f" -g {group}" if group else "")
             lines.append(f"install -d{own} -m {mode} {q(path)}")
+    if xenstore is not None:
+        d, target = q(xenstore.directory), q(xenstore.guest_path)
+        lines += [
+            f"mkdir -p {d}",
+            # an empty directory of its own: the guest sees no other domain's socket
+            f"mount -t tmpfs -o mode=0755,size=1m lab-xs-{q(spec.name)} {d}",
+            f": > {target}",
+            # the source through the open descriptor (-c: not resolved to the hidden path)
+            f"mount -c --bind /proc/self/fd/3/{q(xenstore.socket)} {target}",
+            "exec 3<&-",
+        ]
     lines += [
         "ln -sfn /dev/shm /run/shm",
         f"echo {incarnation} > /run/lab/incarnation",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+import uuid as uuidlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -185,9 +186,17 @@ class VMSpec:
     #: self-signed RSA key at every daemon start: 0.2-0.4 s before it greets. False
     #: sets ``tls_advertise_hosts =`` and the greeting comes in ~10 ms.
     exim_tls: bool = True
+    #: The VM's UUID, as Xen's toolstack knows a domain (``/vm/<uuid>`` in XenStore);
+    #: None: derived from the lab's id and the VM's name (``VM.uuid``).
+    uuid: str | None = None
 
     def __post_init__(self) -> None:
         check_host_name(self.name)
+        if self.uuid is not None:
+            try:
+                object.__setattr__(self, "uuid", str(uuidlib.UUID(self.uuid)))
+            except ValueError:
+                raise ValueError(f"VM {self.name}: uuid {self.uuid!r} is no UUID") from None
         object.__setattr__(self, "ip", lan_ipv4(self.ip))
         object.__setattr__(self, "ip6", lan_ipv6(self.ip6, self.ip))
         ipaddress.ip_address(self.www_address)

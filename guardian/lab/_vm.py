@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid as uuidlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,9 @@ PRIVATE_DIRS = (
 #: Single files each VM gets its own version of (when the host has them).
 PRIVATE_FILES = ("/etc/hosts", "/etc/hostname", "/etc/mailname", "/etc/resolv.conf")
 
+#: Namespace of the UUIDs derived for lab VMs (``VM.uuid``).
+LAB_UUID_NAMESPACE = uuidlib.UUID("5d2b7a0c-3f1e-4c6a-9b1d-67a0e2c1f9a4")
+
 #: What a failed probe may raise (anything else is a bug and propagates).
 PROBE_ERRORS = (OSError, dns.exception.DNSException, LabError, ValueError, _probes.ProbeError)
 
@@ -63,8 +67,39 @@ class VM(Host):
         self._zone_serial = 0
         #: The address the test zone's ``www`` record currently holds.
         self.zone_address = spec.www_address
+        #: The VM's current domain in the lab's stand-in xenstored (``Lab.xenstore()``),
+        #: None when it has none (not running, or booted without the lab xenstore).
+        self.domid: int | None = None
 
     # -- identity and state ------------------------------------------------------------
+
+    @property
+    def uuid(self) -> str:
+        """The VM's UUID (the same for every boot, as a Xen VM's): ``spec.uuid``, else
+        derived from the lab's id and the VM's name."""
+        if self.spec.uuid is not None:
+            return self.spec.uuid
+        return str(uuidlib.uuid5(LAB_UUID_NAMESPACE, f"{self.lab.id}/{self.name}"))
+
+    @property
+    def xenstore_path(self) -> str | None:
+        """``$XENSTORED_PATH`` of the VM's processes: its own domain's socket of the
+        lab's stand-in xenstored, at the same path inside the VM as on the host
+        (``<dir>/<name>.sock``); None when the VM has no domain."""
+        xs = self.lab.xenstore_server
+        if self.domid is None or xs is None:
+            return None
+        return str(xs.name_socket(self.name))
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of commands run in the VM: ``VM_ENV``, plus
+        ``XENSTORED_PATH`` when the VM has a XenStore domain."""
+        env = dict(_render.VM_ENV)
+        path = self.xenstore_path
+        if path is not None:
+            env["XENSTORED_PATH"] = path
+        return env
 
     @property
     def vmdir(self) -> Path:
@@ -98,7 +133,10 @@ class VM(Host):
 
     def boot(self, *, timeout: float = 20.0) -> None:
         """Create the VM from its spec: fresh files, namespaces, holder, supervisord
-        (which starts the programs; use ``wait_ready()`` to wait for the services)."""
+        (which starts the programs; use ``wait_ready()`` to wait for the services).
+
+        With the lab's xenstore on (``Lab.xenstore()``), the VM gets a new domain in
+        it first (a new domid, the VM's ``uuid``), as Xen's toolstack does."""
         if self._holder is not None:
             raise LabError(f"VM {self.name} is already running; destroy() it first")
         deadline = time.monotonic() + timeout
@@ -106,7 +144,8 @@ class VM(Host):
         try:
             binds = self._stage()
             self._plug()
-            self._start_holder(binds, deadline)
+            xs = self._create_domain()
+            self._start_holder(binds, deadline, xs)
             self._start_supervisord(deadline)
         except BaseException:
             try:
@@ -126,7 +165,10 @@ class VM(Host):
         if self._holder is not None and self._holder.alive():
             nets.add(self._holder.net)  # pinned by the live holder: no reused inode
         holders = [self._holder] if self._holder is not None else []
-        kill_vm_processes(nets=nets, holders=holders, timeout=timeout)
+        try:
+            kill_vm_processes(nets=nets, holders=holders, timeout=timeout)
+        finally:
+            self._release_domain()
         if self._holder_proc is not None:
             try:
                 self._holder_proc.wait(timeout=timeout)
@@ -138,7 +180,26 @@ class VM(Host):
         self._holder = None
         self.lab._reap()
         (self.vmdir / "holder.json").unlink(missing_ok=True)
+        self._cut_port()
         netns_delete(self.netns)
+
+    def _create_domain(self) -> _render.XenstoreMount | None:
+        """A new domain for this boot in the lab's xenstore, if it is on."""
+        xs = self.lab.xenstore_server
+        if xs is None:
+            return None
+        self._release_domain()
+        self.domid = xs.create_domain(self.name, self.uuid)
+        return _render.XenstoreMount(
+            str(xs.directory), self.name, xs.domain_socket(self.domid).name
+        )
+
+    def _release_domain(self) -> None:
+        """``xl destroy``'s last step: the domain leaves XenStore (@releaseDomain)."""
+        xs = self.lab.xenstore_server
+        if self.domid is not None and xs is not None:
+            xs.destroy_domain(self.domid)
+        self.domid = None
 
     def _stage(self) -> list[tuple[str, str]]:
         """Generate the VM's private copies; returns (source, target) bind mounts."""
@@ -207,9 +268,18 @@ class VM(Host):
             out.append(path)
         return out
 
-    def _start_holder(self, binds: Sequence[tuple[str, str]], deadline: float) -> None:
+    def _start_holder(
+        self,
+        binds: Sequence[tuple[str, str]],
+        deadline: float,
+        xenstore: _render.XenstoreMount | None = None,
+    ) -> None:
         script = _render.setup_script(
-            self.spec, incarnation=self.incarnation, binds=binds, tmpfs=self._tmpfs_paths()
+            self.spec,
+            incarnation=self.incarnation,
+            binds=binds,
+            tmpfs=self._tmpfs_paths(),
+            xenstore=xenstore,
         )
         (self.vmdir / "setup.sh").write_text(script)
         argv = [
@@ -261,7 +331,7 @@ class VM(Host):
         argv = self.command([self.spec.supervisord, "-c", _render.SUPERVISOR_CONF])
         with open(self.vmdir / "supervisord.out", "wb") as out:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=dict(_render.VM_ENV)
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=self.env
             )
         try:
             rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -299,18 +369,19 @@ class VM(Host):
         input: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the VM, with the VM's clean environment unless ``env``."""
+        """Run a command inside the VM, with the VM's clean environment (``env``
+        property) unless ``env``."""
         return run(
             self.command(argv),
             check=check,
             timeout=timeout,
             input=input,
-            env=_render.VM_ENV if env is None else env,
+            env=self.env if env is None else env,
         )
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a command inside the VM (``subprocess.Popen`` keywords)."""
-        kwargs.setdefault("env", dict(_render.VM_ENV))
+        kwargs.setdefault("env", self.env)
         proc: subprocess.Popen[Any] = subprocess.Popen(self.command(argv), **kwargs)
         self.lab._track(proc)
         return proc
@@ -342,7 +413,8 @@ class VM(Host):
 
     def debug_report(self, tail: int = 20) -> str:
         """Process states and log tails, for a failing test's message."""
-        lines = [f"== VM {self.name} incarnation {self.incarnation}"]
+        dom = "" if self.domid is None else f" domain {self.domid}"
+        lines = [f"== VM {self.name} incarnation {self.incarnation}{dom}"]
         if not self.running:
             return lines[0] + ": not running"
         try:

@@ -164,10 +164,12 @@ check process apache2 with pidfile /run/apache2/apache2.pid
 _HEADER_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 
 
-def toml_set(text: str, table: str, key: str, value: str) -> str:
+def toml_set(text: str, table: str, key: str, value: str, *,
+             by: str = "guardian.lab.bench") -> str:
     """Set ``key = value`` in the one table (or array-of-tables entry) named ``table``
-    of a TOML document, keeping everything else (comments included) as it is. The key
-    must be there exactly once: a changed sample makes this fail loudly, not drift."""
+    of a TOML document, keeping everything else (comments included) as it is; the line
+    says ``by`` whom and what was shipped. The key must be there exactly once: a changed
+    sample makes this fail loudly, not drift."""
     lines = text.splitlines(keepends=True)
     current: str | None = None
     hits: list[int] = []
@@ -184,7 +186,7 @@ def toml_set(text: str, table: str, key: str, value: str) -> str:
     if tables != 1 or len(hits) != 1:
         raise ValueError(f"cannot set {table}.{key}: {tables} such tables, {len(hits)} such keys")
     old = lines[hits[0]].split("=", 1)[1].split("#", 1)[0].strip()
-    lines[hits[0]] = f"{key} = {value}  # guardian.lab.bench (shipped: {old})\n"
+    lines[hits[0]] = f"{key} = {value}  # {by} (shipped: {old})\n"
     return "".join(lines)
 
 

@@ -12,36 +12,88 @@ does about it, as the client sees it:
 3. SIGKILL exim4               -> restarted
 4. apache2 config broken + crash -> restarts fail, the budget is spent, the ladder
    runs (alert), guardiand keeps probing; the config is fixed -> it recovers alone
+5. restarts do not help -> dom0 recreates the VM: in a second lab (client, dom0,
+   vm01), guardiand runs on the same shipped config plus an ``[escalation]`` table
+   and apache2's ``ladder = ["escalate"]`` (restart budget 1); the broken config
+   outlives the restart, so guardiand asks guardian-hostd in dom0 (``lab`` driver)
+   to recreate the VM; hostd destroys it, confirms it is gone and boots a fresh
+   instance (incarnation 1), whose Apache serves again
 
-Everything the demo created (namespaces, processes) is removed at the end, also on
-error or Ctrl-C. ``--keep`` waits for Ctrl-C before that, so you can look around:
-the commands to do so are printed.
+Everything the demo created (namespaces, processes, hostd's state under /var/tmp) is
+removed at the end, also on error or Ctrl-C. ``--keep`` waits for Ctrl-C before the
+first lab (scenes 1-4) is removed, so you can look around: the commands to do so are
+printed; scene 5 follows in a lab of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from guardian._sample import SAMPLE_CONFIG
 from guardian.cli import format_status_table
 
 from . import (
     CLIENT_IP,
+    DOM0_IP,
     VM,
     VM01_IP,
+    EscalationRig,
     Guardiand,
     Host,
     Lab,
+    LabError,
     listener_program,
     unavailable_reason,
 )
+from ._escalation import KEY_FILE, PORT, VM_UUID
+from .bench import toml_set
+from .bench_escalation import ServingProbe
 
 SUPERVISORD_CONF = "/etc/supervisor/supervisord.conf"
+
+#: scene 5: what the shipped sample config needs changed for escalation ...
+ESCALATION_OVERRIDES: tuple[tuple[str, str, str], ...] = (
+    ("services.apache2", "ladder", '["escalate"]'),
+    ("services.apache2.restart", "budget", "1"),
+)
+#: ... and added (the VM's key is put where key_file says, as an image would)
+ESCALATION_TABLE = f"""\
+[escalation]
+channel = "http"
+url = "http://{DOM0_IP}:{PORT}"
+key_file = "{KEY_FILE}"
+vm = "vm01"
+vm_uuid = "{VM_UUID}"
+"""
+#: scene 5: guardian-hostd's configuration in dom0 (the shipped policy)
+HOSTD_TOML = f"""\
+[hostd]
+listen = "{DOM0_IP}:{PORT}"
+state_dir = "{{workdir}}/hostd"
+
+[policy]
+max_actions = 3
+window = "24h"
+min_interval = "10m"
+healthy_reset = "1h"
+confirm_timeout = "30s"
+
+[vms.vm01]
+uuid = "{VM_UUID}"
+key_file = "{{workdir}}/vm01.keys"
+driver = "lab"
+domain = "vm01"
+"""
 
 
 def say(text: str = "") -> None:
@@ -146,6 +198,134 @@ class Demo:
             self.g.wait_state(s, "up", timeout=30)
 
 
+def escalation_config(sample: str = SAMPLE_CONFIG) -> tuple[str, list[str]]:
+    """The shipped sample config with ``ESCALATION_OVERRIDES`` and ``ESCALATION_TABLE``
+    (checked), and those changes as diff-like lines."""
+    from guardian._states import LadderAction
+    from guardian.config import loads
+
+    text = sample
+    diff: list[str] = []
+    for table, key, value in ESCALATION_OVERRIDES:
+        before = text.splitlines()
+        text = toml_set(text, table, key, value, by="demo")
+        (changed,) = (i for i, (a, b) in enumerate(zip(before, text.splitlines(), strict=True))
+                      if a != b)
+        diff += [f"  [{table}]", f"- {before[changed].strip()}",
+                 f"+ {text.splitlines()[changed].strip()}"]
+    text = text.rstrip("\n") + "\n\n" + ESCALATION_TABLE
+    diff += [f"+ {ln}" for ln in ESCALATION_TABLE.splitlines()]
+    spec = loads(text, "demo-escalation.toml")
+    apache = spec.services["apache2"]
+    if ([s.action for s in apache.ladder] != [LadderAction.ESCALATE]
+            or apache.restart.budget != 1 or spec.escalation is None):
+        raise ValueError("the demo's escalation changes did not take")
+    return text, diff
+
+
+def clock(wall: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1000) % 1000:03d}"
+
+
+def journal_line(rec: dict[str, Any]) -> str:
+    """One record of hostd's journal, as ``guardian-hostd status`` lists them."""
+    reason = rec.get("reason") or {}
+    why = f" (guardiand: {reason['service']})" if isinstance(reason, dict) and \
+        reason.get("service") else ""
+    return (f"{clock(float(rec.get('wall', 0)))} {rec.get('decision')} {rec.get('vm')} -> "
+            f"{rec.get('target')} {rec.get('action')} [{rec.get('outcome')}]"
+            f"{why} {rec.get('detail') or ''}").rstrip()
+
+
+def escalation_scene(workdir: Path) -> None:
+    """Scene 5, in a lab of its own: the hosts of ``EscalationRig`` (client, dom0,
+    vm01), guardiand on the sample config plus escalation, hostd in dom0."""
+    banner("5. restarts do not help -> dom0 recreates the VM")
+    from guardian.hostd._config import load as load_hostd
+
+    config, diff = escalation_config()
+    say("   a second lab: client, dom0 (guardian-hostd, `lab` driver: destroy = kill the")
+    say("   VM's namespaces and processes, create = boot it afresh) and vm01, whose")
+    say("   guardiand runs the shipped sample config plus only this:")
+    for ln in diff:
+        say("     " + ln)
+    key = os.urandom(32)
+    (workdir / "vm01.keys").write_text(f"1 {key.hex()} send
+")
+    (workdir / "vm01.keys").chmod(0o600)
+    hostd_toml = workdir / "hostd.toml"
+    hostd_toml.write_text(HOSTD_TOML.format(workdir=workdir))
+    policy = load_hostd(hostd_toml).policy
+    t0 = time.monotonic()
+    with Lab() as lab:
+        rig = EscalationRig(lab, workdir, policy=policy, config=config, key=key)
+        probe: ServingProbe | None = None
+        try:
+            rig.start()
+            g1 = rig.guardiand
+            g1.wait_state("apache2", "up", timeout=20)
+            say(f"   lab {lab.id} up in {time.monotonic() - t0:.2f} s: guardian-hostd on "
+                f"{DOM0_IP}:{rig.port} in dom0, guardiand in vm01 (incarnation 0)")
+            say("   apache2's config broken (it outlives restarts), then SIGKILL apache2 ...")
+            probe = ServingProbe(rig)
+            probe.start(timeout=60)
+            t_fault = rig.fault()
+            acc = rig.wait_decision("accepted", timeout=20)
+            fin = rig.wait_decision("finished", timeout=40)
+            serving = probe.wait(30)
+            spent = rig.spent_wall(g1)
+            lines = [ln for ln in g1.log().splitlines()
+                     if " DEBUG " not in ln and ("apache2" in ln or "escalat" in ln)]
+            say("   guardiand's log (the old instance):")
+            for ln in lines[-8:]:
+                say("     " + ln)
+            say("   guardian-hostd's journal (dom0):")
+            for rec in rig.journal():
+                say("     " + journal_line(rec))
+            if fin.get("outcome") != "done" or serving is None or spent is None:
+                raise LabError(f"escalation scene: {fin.get('outcome')}: "
+                               f"{fin.get('detail')}; serving {serving}; spent {spent}")
+            driver = rig.driver
+            assert driver is not None and driver.boots
+            boot = driver.boots[0]
+            boot_start = boot.done_wall - boot.vm_boot_s
+            say(f"   -> the client sees apache2 serving again, from the new vm01 "
+                f"(incarnation {boot.incarnation})")
+            timings = fin.get("timings") or {}
+            rows = [
+                ("fault -> restart budget spent (guardiand: 1 restart, failed)",
+                 spent - t_fault),
+                ("budget spent -> request accepted by guardian-hostd",
+                 float(acc["wall"]) - spent),
+                ("budget spent -> client sees HTTP 200 again", serving - spent),
+                ("  of which: hostd destroyed vm01 and confirmed it gone",
+                 float(timings.get("confirm_s", 0.0))),
+                ("  of which: the VM's boot (boot begins -> serving)", serving - boot_start),
+                ("fault -> client sees HTTP 200 again", serving - t_fault),
+            ]
+            say("   timings (guardiand's log, hostd's journal, the client's probes every 10 ms):")
+            for title, secs in rows:
+                say(f"     {title:<62} {secs:7.3f} s")
+            g2 = rig.guardiand
+            g2.wait_state("apache2", "up", timeout=20)
+            say("   guardiand in the new instance (started at its boot, as systemd would):")
+            for ln in format_status_table(g2.status()).splitlines():
+                say("     " + ln)
+            say("   $ guardian-hostd status   (in dom0)")
+            out = subprocess.run([sys.executable, "-m", "guardian.hostd", "--config",
+                                  str(hostd_toml), "status", "--tail", "4"],
+                                 capture_output=True, text=True, timeout=30, check=False)
+            for ln in (out.stdout + out.stderr).splitlines():
+                say("     " + ln)
+        finally:
+            if probe is not None:
+                probe.close()
+            errors = rig.stop()
+        if errors:
+            raise LabError(f"escalation scene: stopping: {errors}")
+        say("   guardiand and guardian-hostd stopped; removing the second lab")
+
+
 def run(keep: bool) -> int:
     reason = unavailable_reason()
     if reason is not None:
@@ -210,7 +390,13 @@ def run(keep: bool) -> int:
         banner("cleaning up (guardiand, then every namespace and process of the lab)")
         rc = g.stop()
         say(f"   guardiand stopped on SIGTERM, exit {rc}")
-    say("   done: nothing of the lab is left")
+    say("   nothing of the first lab is left")
+    workdir = Path(tempfile.mkdtemp(prefix="guardian-demo-", dir="/var/tmp"))
+    try:
+        escalation_scene(workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    say("   done: nothing of the labs is left")
     return 0
 
 
