@@ -46,9 +46,24 @@ INCARNATION_FILE = "/run/guardian/incarnation"
 SPENT_RE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) .*restart budget spent", re.M)
 
 
-def guardiand_config(*, port: int = PORT, vm_uuid: str = VM_UUID) -> str:
-    """vm01's guardiand: apache2 through supervisord, one restart, then escalate over
-    http to hostd in dom0."""
+def http_escalation(*, port: int = PORT, vm_uuid: str = VM_UUID) -> str:
+    """The ``[escalation]`` table of vm01 over signed HTTP to hostd in dom0."""
+    return f"""\
+[escalation]
+channel = "http"
+url = "http://{DOM0_IP}:{port}"
+key_file = "{KEY_FILE}"
+vm = "vm01"
+vm_uuid = "{vm_uuid}"
+incarnation_file = "{INCARNATION_FILE}"
+timeout = "5s"
+retry_max = "2s"
+"""
+
+
+def guardiand_config(escalation: str | None = None) -> str:
+    """vm01's guardiand: apache2 through supervisord, one restart, then escalate
+    (``escalation``: the ``[escalation]`` table; default over http to hostd in dom0)."""
     return f"""\
 [guardian]
 control_socket = "/run/guardian/control.sock"
@@ -73,16 +88,7 @@ expect_status = [200]
 interval = "500ms"
 timeout = "500ms"
 
-[escalation]
-channel = "http"
-url = "http://{DOM0_IP}:{port}"
-key_file = "{KEY_FILE}"
-vm = "vm01"
-vm_uuid = "{vm_uuid}"
-incarnation_file = "{INCARNATION_FILE}"
-timeout = "5s"
-retry_max = "2s"
-"""
+{escalation if escalation is not None else http_escalation()}"""
 
 
 class HostdInDom0:
@@ -186,7 +192,7 @@ class EscalationRig:
         self.dom0: Host = self.lab.host("dom0", DOM0_IP)
         self.vm: VM = self.lab.vm("vm01", VM01_IP, autorestart=False, startsecs=0,
                                   extra_programs=(listener_program(),))
-        self.config = self.config or guardiand_config(port=self.port)
+        self.config = self.config or guardiand_config(http_escalation(port=self.port))
         self.hostd: Hostd | None = None
         self.server: HostdInDom0 | None = None
         self.driver: RigDriver | None = None

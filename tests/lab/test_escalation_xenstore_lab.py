@@ -39,9 +39,9 @@ from guardian.lab import (
     HostdInDom0,
     Lab,
     LabDriver,
-    LabError,
     listener_program,
 )
+from guardian.lab._escalation import guardiand_config, wait_for
 from ipfailover._wire import KeyRing
 
 pytestmark = pytest.mark.lab
@@ -52,33 +52,10 @@ PORT = 7082          # hostd's HTTP listener: on, but unused here
 NO_INCARNATION_FILE = "/run/guardian/no-incarnation"
 
 
-def guardiand_config(vm_uuid: str) -> str:
-    """vm01's guardiand: apache2 through supervisord, one restart, then escalate
-    through XenStore."""
-    return f"""\
-[guardian]
-control_socket = "/run/guardian/control.sock"
-log_level = "debug"
-
-[backends.supervisord]
-url = "unix:///run/supervisor.sock"
-kill_after = "2s"
-
-[services.apache2]
-backend = "supervisord"
-start_grace = "5s"
-ladder = ["escalate"]
-[services.apache2.restart]
-budget = 1
-window = "2m"
-backoff = "200ms"
-[[services.apache2.checks]]
-type = "http"
-url = "http://127.0.0.1/"
-expect_status = [200]
-interval = "500ms"
-timeout = "500ms"
-
+def config(vm_uuid: str) -> str:
+    """vm01's guardiand (``guardian.lab``'s escalation config), escalating through
+    XenStore."""
+    return guardiand_config(f"""\
 [escalation]
 channel = "xenstore"
 vm = "vm01"
@@ -86,19 +63,7 @@ vm_uuid = "{vm_uuid}"
 incarnation_file = "{NO_INCARNATION_FILE}"
 timeout = "5s"
 retry_max = "2s"
-"""
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str,
-             detail: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise LabError(f"no {what} within {timeout:g} s\n{detail()}")
-        time.sleep(0.02)
+""")
 
 
 #: run inside the VM with the guest's XENSTORED_PATH: read (and try to forge) nodes
@@ -162,7 +127,7 @@ class Rig:
         self.dom0 = lab.host("dom0", DOM0_IP)
         self.vm = lab.vm("vm01", VM01_IP, autorestart=False, startsecs=0,
                          extra_programs=(listener_program(),))
-        self.config = guardiand_config(self.vm.uuid)
+        self.config = config(self.vm.uuid)
         spec = HostdSpec(
             source="lab", host=DOM0_IP, port=PORT, state_dir=workdir / "hostd",
             journal_dir=workdir / "hostd",

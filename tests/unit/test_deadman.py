@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from unit_helpers import until
+from unit_helpers import flag_service_toml, until
 
 from checks import ConfigErrors
 from guardian import Supervisor, config
@@ -108,23 +108,7 @@ def toml(device: Path, extra: str = "") -> str:
 [guardian]
 state_dir = "{device.parent}/state"
 
-[services.web]
-backend = "command"
-start_command = ["/bin/true"]
-watch_pid = false
-rise = 1
-fall = 1
-start_grace = "0s"
-ladder = ["alert"]
-[services.web.restart]
-budget = 0
-exhausted_retry = "0s"
-[[services.web.checks]]
-type = "exec"
-command = ["/bin/sh", "-c", "test ! -e {device.parent}/broken || exit 2"]
-interval = "50ms"
-timeout = "1s"
-
+{flag_service_toml(device.parent / "broken", ladder="alert")}
 [watchdog]
 device = "{device}"
 timeout = "0s"

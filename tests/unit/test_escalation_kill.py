@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from unit_helpers import flag_service_toml
 
 KEY_HEX = "5a" * 32
 VM_UUID = "0d7e5a52-5b7c-4f0e-9a55-2c1d3e4f5a6b"
@@ -114,24 +115,9 @@ class World:
             [guardian]
             control_socket = "{d}/control.sock"
             state_dir = "{d}/guest-state"
-
-            [services.web]
-            backend = "command"
-            start_command = ["/bin/true"]
-            watch_pid = false
-            rise = 1
-            fall = 1
-            start_grace = "0s"
-            ladder = ["escalate"]
-            [services.web.restart]
-            budget = 0
-            exhausted_retry = "1m"
-            [[services.web.checks]]
-            type = "exec"
-            command = ["/bin/sh", "-c", "test ! -e {d}/broken || exit 2"]
-            interval = "500ms"
-            timeout = "250ms"
-
+            """) + flag_service_toml(d / "broken", ladder="escalate", interval="500ms",
+                                     timeout="250ms", exhausted_retry="1m")
+            + textwrap.dedent(f"""
             [escalation]
             channel = "http"
             url = "http://127.0.0.1:{port}"

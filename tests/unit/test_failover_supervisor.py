@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from test_failover_engine import FakeLan, FakeVipOps, free_port
-from unit_helpers import until
+from unit_helpers import flag_service_toml, until
 
 from guardian import Supervisor, config
 from guardian.cli import format_status_table
@@ -28,23 +28,7 @@ def toml(node: str, peer: str, port: int, tmp: Path, flag: Path, priority: int) 
 [guardian]
 state_dir = "{tmp}/{node}"
 
-[services.web]
-backend = "command"
-start_command = ["/bin/true"]
-watch_pid = false
-rise = 1
-fall = 1
-start_grace = "0s"
-ladder = ["failover"]
-[services.web.restart]
-budget = 0
-exhausted_retry = "0s"
-[[services.web.checks]]
-type = "exec"
-command = ["/bin/sh", "-c", "test ! -e {flag}.{node} || exit 2"]
-interval = "50ms"
-timeout = "1s"
-
+{flag_service_toml(f"{flag}.{node}", ladder="failover")}
 [failover]
 node = "{node}"
 key_file = "{tmp}/failover.key"

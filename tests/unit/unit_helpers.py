@@ -234,3 +234,27 @@ def service_spec(*, interval: float = 1.0, **kw: Any) -> ServiceSpec:
         healthy_reset=600,
     )
     return replace(base, **kw)
+
+
+def flag_service_toml(flag: str | Path, *, ladder: str, interval: str = "50ms",
+                      timeout: str = "1s", exhausted_retry: str = "0s") -> str:
+    """``[services.web]``: a command-backend service whose exec check fails while the
+    file ``flag`` exists; restart budget 0, so its ladder runs on the first failure."""
+    return f"""
+[services.web]
+backend = "command"
+start_command = ["/bin/true"]
+watch_pid = false
+rise = 1
+fall = 1
+start_grace = "0s"
+ladder = ["{ladder}"]
+[services.web.restart]
+budget = 0
+exhausted_retry = "{exhausted_retry}"
+[[services.web.checks]]
+type = "exec"
+command = ["/bin/sh", "-c", "test ! -e {flag} || exit 2"]
+interval = "{interval}"
+timeout = "{timeout}"
+"""
