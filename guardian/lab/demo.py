@@ -250,8 +250,7 @@ def escalation_scene(workdir: Path) -> None:
     for ln in diff:
         say("     " + ln)
     key = os.urandom(32)
-    (workdir / "vm01.keys").write_text(f"1 {key.hex()} send
-")
+    (workdir / "vm01.keys").write_text(f"1 {key.hex()} send\n")
     (workdir / "vm01.keys").chmod(0o600)
     hostd_toml = workdir / "hostd.toml"
     hostd_toml.write_text(HOSTD_TOML.format(workdir=workdir))
