@@ -133,7 +133,8 @@ class Rig:
             journal_dir=workdir / "hostd",
             policy=PolicySpec(min_interval=600, max_actions=3, confirm_timeout=15),
             vms={"vm01": VMSpec(name="vm01", uuid=self.vm.uuid,
-                                key_file=workdir / "none", driver="lab", domain="vm01",
+                                key_file=workdir / "none", driver="lab",
+                                domain=f"{lab.id}-vm01",  # the session's lab has a vm01
                                 keys=KeyRing({1: os.urandom(32)}))},
             xenstore=str(self.xs.dom0_socket))
         self.hostd = build(spec, poll_interval=0.05)    # the lab driver, by registry

@@ -55,7 +55,9 @@ def test_escalation_recreates_lab_vm(make_lab: Callable[[], Lab], tmp_path: Path
         source="lab", host=DOM0_IP, port=PORT, state_dir=tmp_path, journal_dir=tmp_path,
         policy=PolicySpec(min_interval=600, max_actions=3, confirm_timeout=15),
         vms={"vm01": VMSpec(name="vm01", uuid="uuid-vm01", key_file=tmp_path / "none",
-                            driver="lab", domain="vm01", keys=KeyRing({1: KEY}))},
+                            # the lab's id: the session's shared lab has a vm01 too
+                            driver="lab", domain=f"{lab.id}-vm01",
+                            keys=KeyRing({1: KEY}))},
     )
     hostd = build(spec, poll_interval=0.05)  # the driver from the registry
     driver = hostd.engine.drivers["vm01"]
