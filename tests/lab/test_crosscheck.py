@@ -346,9 +346,14 @@ def test_verdicts_agree_with_monitoring_plugins(case: Case, client: Host, vm01: 
         gtool, plugins = SERVICES[case.service]
         for tool in (gtool, *plugins):
             took = answers[tool].seconds
-            if case.timing == "refused":
-                # Nothing listens: every tool knows at once (interpreter start-up aside).
+            if case.timing == "refused" and tool == gtool:
+                # Nothing listens: guardian knows at once (interpreter start-up aside).
                 assert took < TIMEOUT * 0.75, f"{tool} took {took:.2f} s:\n{table}"
+            elif case.timing == "refused":
+                # The plugins mostly know at once too, but check_dns (nslookup) now and
+                # then misses the port-unreachable under load and waits its timeout
+                # (seen once in the bookworm re-run of 2026-11-26): only bounded here.
+                assert took < TIMEOUT + 3, f"{tool} took {took:.2f} s:\n{table}"
             else:
                 # Hung: nobody answers; the verdict comes from the deadline, on time.
                 assert TIMEOUT * 0.9 <= took < TIMEOUT + 3, f"{tool} took {took:.2f} s:\n{table}"
