@@ -346,7 +346,9 @@ def test_lease_expires_by_itself_unless_renewed(vm01: Host, client: Host) -> Non
     _figure(f"lifetime 2 s: gone after v4 {gone.get(4)} s, v6 {gone.get(6)} s")
     assert set(gone) == {4, 6}
     for t in gone.values():
-        assert 1.9 <= t <= 3.1  # the kernel's expiry worker runs up to 1 s late
+        # the kernel's expiry work runs up to about 1 s late (round_jiffies_up plus
+        # its timer fuzz); 1.29 s late was seen once on this loaded 2-core machine
+        assert 1.9 <= t <= 3.5
     assert still_there == [True, True]
     # The host's own addresses and the shared prefix route survive the VIP's expiry.
     assert _ping(client, VM01_IP) and _ping(client, "2001:db8::11")
