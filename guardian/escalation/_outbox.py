@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._durable import atomic_write
 from ._channel import Channel
 from ._request import Answer, AnswerState, EscalationError, Request
 
@@ -133,21 +133,8 @@ class Outbox:
         """Write ``entry`` durably: temp file, fsync, rename, fsync the directory."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         entry.updated = time.time()
-        final = self.directory / f"{entry.request.request_id}.json"
-        tmp = self.directory / f".{entry.request.request_id}.tmp"
-        data = json.dumps(entry.to_json(), sort_keys=True).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write(self.directory / f"{entry.request.request_id}.json",
+                     json.dumps(entry.to_json(), sort_keys=True).encode(), 0o600)
 
 
 #: (entry, outcome, detail): outcome is sent / accepted / done / failed / refused /

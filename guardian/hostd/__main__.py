@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(config: str) -> int:
     spec = _config.load(config)
     hostd = build(spec)
-    host, port = await hostd.server.start(spec.host, spec.port)
+    host, port = await hostd.start(spec.host, spec.port)
     log = logging.getLogger("guardian.hostd")
     log.info("guardian-hostd listening on %s:%d", host, port)
     if not spec.vms:
@@ -69,23 +69,16 @@ async def _serve(config: str) -> int:
             metrics_server = await hostd.metrics.serve(spec.metrics_listen)
         except MetricsError as exc:
             log.error("metrics listener not started: %s", exc)
-    xs_input = None
     if spec.xenstore:
-        from ._xsinput import XenstoreInput
-
-        xs_input = XenstoreInput(hostd.engine, spec.xenstore)
-        await xs_input.start()
         log.info("guardian-hostd reading requests from xenstore at %s", spec.xenstore)
     notify(f"READY=1\nSTATUS=listening on {host}:{port}, {len(spec.vms)} VM(s)")
     pet = asyncio.create_task(_watchdog())
     await stop.wait()
     notify("STOPPING=1")
     pet.cancel()
-    if xs_input is not None:
-        await xs_input.close()
     if metrics_server is not None:
         await metrics_server.close()
-    await hostd.server.close()
+    await hostd.close()
     if hostd.engine.alerter is not None:  # let queued alerts go out (bounded)
         await asyncio.to_thread(hostd.engine.alerter.close, 5.0)
     hostd.journal.close()

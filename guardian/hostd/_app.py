@@ -17,6 +17,7 @@ from ._drivers import Driver, build_driver
 from ._engine import Clock, Engine
 from ._server import HostdServer
 from ._state import Journal, StateStore
+from ._xsinput import RESCAN, XenstoreInput
 
 
 @dataclass
@@ -27,6 +28,26 @@ class Hostd:
     server: HostdServer
     journal: Journal
     metrics: Metrics
+    #: the XenStore input while running (``spec.xenstore`` set)
+    xs_input: XenstoreInput | None = None
+
+    async def start(self, host: str, port: int, *,
+                    xenstore_rescan: float = RESCAN) -> tuple[str, int]:
+        """Serve: the HTTP endpoint on ``host:port``, and XenStore when configured.
+        Returns the bound address."""
+        bound = await self.server.start(host, port)
+        if self.spec.xenstore:
+            self.xs_input = XenstoreInput(self.engine, self.spec.xenstore,
+                                          rescan=xenstore_rescan)
+            await self.xs_input.start()
+        return bound
+
+    async def close(self) -> None:
+        """Stop taking requests; wait for the actions in progress."""
+        if self.xs_input is not None:
+            await self.xs_input.close()
+            self.xs_input = None
+        await self.server.close()
 
 
 def build(spec: HostdSpec, *, drivers: Mapping[str, Driver] | None = None,

@@ -29,6 +29,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from guardian._durable import atomic_write, fsync_dir
+
 MAX_REQUESTS = 1000
 DAY = 86400.0
 MAINTENANCE_DIR = "maintenance"
@@ -79,28 +81,8 @@ class StateStore:
             for rid in finished[: len(self.requests) - MAX_REQUESTS]:
                 del self.requests[rid]
         data = {"version": 1, "vms": self.vms, "requests": self.requests}
-        _atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n",
+        atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n",
                       0o600)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def check_vm_name(name: str) -> str:
@@ -148,12 +130,12 @@ def set_maintenance(state_dir: Path | str, vm: str, on: bool, *, reason: str = "
             path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(d)
+        fsync_dir(d)
         return True
     d.mkdir(parents=True, exist_ok=True)
     changed = not path.exists()
     record = {"vm": vm, "reason": reason, "since": now}
-    _atomic_write(path, json.dumps(record, sort_keys=True).encode() + b"\n")
+    atomic_write(path, json.dumps(record, sort_keys=True).encode() + b"\n")
     return changed
 
 

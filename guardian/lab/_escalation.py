@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from guardian.hostd import DomainState, Hostd, HostdSpec, PolicySpec, VMSpec, build
+from guardian.xenstore import StandIn
 from ipfailover._wire import KeyRing
 
 from ._errors import LabError
@@ -36,6 +37,7 @@ from ._guardian import Guardiand, listener_program
 from ._host import Host
 from ._hostd_driver import LabDriver
 from ._lab import Lab
+from ._probes import http_get
 from ._spec import CLIENT_IP, DOM0_IP, VM01_IP
 from ._vm import VM
 
@@ -43,6 +45,8 @@ PORT = 7081
 VM_UUID = "6f1c2a4e-0b7d-4c51-9a4e-e2e0e2e0e2e0"
 KEY_FILE = "/etc/guardian/escalation.key"
 INCARNATION_FILE = "/run/guardian/incarnation"
+#: the client's probe of "serving again": one HTTP request every 10 ms
+PROBE_GAP = 0.01
 SPENT_RE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) .*restart budget spent", re.M)
 
 
@@ -92,21 +96,25 @@ timeout = "500ms"
 
 
 class HostdInDom0:
-    """hostd's HTTP server on an event loop of its own, in a thread that lives in
-    dom0's network namespace (a thread started from a dom0 thread stays there)."""
+    """hostd serving (HTTP, and XenStore when its spec says so) on an event loop of its
+    own, in a thread that lives in dom0's network namespace (a thread started from a
+    dom0 thread stays there)."""
 
-    def __init__(self, dom0: Host, hostd: Hostd, host: str, port: int) -> None:
+    def __init__(self, dom0: Host, hostd: Hostd, host: str, port: int, *,
+                 xenstore_rescan: float = 1.0) -> None:
         self.dom0 = dom0
         self.hostd = hostd
         self.host = host
         self.port = port
+        self.xenstore_rescan = xenstore_rescan
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.hostd.server.start(self.host, self.port))
+        self.loop.run_until_complete(self.hostd.start(
+            self.host, self.port, xenstore_rescan=self.xenstore_rescan))
         self._ready.set()
         self.loop.run_forever()
 
@@ -122,13 +130,54 @@ class HostdInDom0:
 
     def stop(self) -> None:
         if self._ready.is_set():
-            asyncio.run_coroutine_threadsafe(self.hostd.server.close(), self.loop).result(30)
+            asyncio.run_coroutine_threadsafe(self.hostd.close(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         for t in self._threads:
             t.join(10)
         if not self.loop.is_running():
             self.loop.close()
         self.hostd.journal.close()
+
+
+class ServingProbe:
+    """A thread in the client's namespace: from ``start()`` it asks vm01 for HTTP
+    every 10 ms; ``serving_wall`` is the first 200 after a failed request (the
+    client's view of "serving again", whatever the other clocks say)."""
+
+    def __init__(self, client: Host) -> None:
+        self.pool = client.executor(max_workers=1)
+        self.stop_flag = threading.Event()
+        self.serving_wall: float | None = None
+        self.future: Any = None
+
+    def start(self, timeout: float) -> None:
+        self.stop_flag.clear()
+        self.serving_wall = None
+
+        def run() -> None:
+            failed = False
+            deadline = time.monotonic() + timeout
+            while not self.stop_flag.is_set() and time.monotonic() < deadline:
+                try:
+                    ok = http_get(VM01_IP, timeout=0.2).status == 200
+                except Exception:  # noqa: BLE001 - any failure is 'not serving'
+                    ok = False
+                if ok and failed:
+                    self.serving_wall = time.time()
+                    return
+                failed = failed or not ok
+                self.stop_flag.wait(PROBE_GAP)
+
+        self.future = self.pool.submit(run)
+
+    def wait(self, timeout: float) -> float | None:
+        if self.future is not None:
+            self.future.result(timeout)
+        return self.serving_wall
+
+    def close(self) -> None:
+        self.stop_flag.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
@@ -186,17 +235,21 @@ class EscalationRig:
     after_boot: Callable[[VM], None] | None = None
     config: str = ""
     key: bytes = field(default_factory=lambda: os.urandom(32))
+    #: the lab's XenStore on (a domain per VM boot) and hostd reading it
+    xenstore: bool = False
 
     def __post_init__(self) -> None:
+        self.xs: StandIn | None = self.lab.xenstore() if self.xenstore else None
         self.client: Host = self.lab.host("client", CLIENT_IP)
         self.dom0: Host = self.lab.host("dom0", DOM0_IP)
         self.vm: VM = self.lab.vm("vm01", VM01_IP, autorestart=False, startsecs=0,
-                                  extra_programs=(listener_program(),))
+                                  extra_programs=(listener_program(),), uuid=VM_UUID)
         self.config = self.config or guardiand_config(http_escalation(port=self.port))
         self.hostd: Hostd | None = None
         self.server: HostdInDom0 | None = None
         self.driver: RigDriver | None = None
         self.guardiands: list[Guardiand] = []
+        self.probe: ServingProbe | None = None
 
     # ------------------------------------------------------------------ life cycle
     def start(self, *, timeout: float = 30.0) -> None:
@@ -206,8 +259,10 @@ class EscalationRig:
             source="lab", host=DOM0_IP, port=self.port, state_dir=self.workdir / "hostd",
             journal_dir=self.workdir / "hostd", policy=self.policy,
             alert_command=self.alert_command,
-            vms={"vm01": VMSpec(name="vm01", uuid=VM_UUID, key_file=self.workdir / "none",
-                                driver="lab", domain="vm01", keys=KeyRing({1: self.key}))})
+            xenstore=str(self.xs.dom0_socket) if self.xs is not None else "",
+            vms={"vm01": VMSpec(name="vm01", uuid=self.vm.uuid,
+                                key_file=self.workdir / "none", driver="lab",
+                                domain=f"{self.lab.id}-vm01", keys=KeyRing({1: self.key}))})
         self.hostd = build(spec, drivers={"vm01": self.driver}, poll_interval=0.05)
         self.server = HostdInDom0(self.dom0, self.hostd, DOM0_IP, self.port)
         self.server.start()
@@ -222,6 +277,8 @@ class EscalationRig:
                 g.stop()
             except Exception as exc:  # noqa: BLE001 - stop the rest, then report
                 errors.append(repr(exc))
+        if self.probe is not None:
+            self.probe.close()
         if self.server is not None:
             self.server.stop()
         if self.driver is not None:
@@ -253,7 +310,11 @@ class EscalationRig:
     # ------------------------------------------------------------------ the scenario
     def fault(self) -> float:
         """Break Apache's config and kill it: restarts cannot help.  Returns the wall
-        time of the kill."""
+        time of the kill; the client's probe runs from just before it
+        (``wait_serving``)."""
+        if self.probe is None:
+            self.probe = ServingProbe(self.client)
+        self.probe.start(timeout=120)
         self.vm.break_apache_config()
         t = time.time()
         self.vm.signal("apache2", signal.SIGKILL, group=True)
@@ -283,8 +344,16 @@ class EscalationRig:
             return False
 
     def wait_serving(self, timeout: float = 30.0) -> float:
-        wait_for(self.serves, timeout, "vm01 serving HTTP", self.debug)
-        return time.time()
+        """Wall time vm01 served HTTP again after the last ``fault()``, as the client's
+        probe saw it (without a fault: when it serves)."""
+        if self.probe is None:
+            wait_for(self.serves, timeout, "vm01 serving HTTP", self.debug)
+            return time.time()
+        serving = self.probe.wait(timeout)
+        if serving is None:
+            raise LabError(f"vm01 not serving HTTP again within {timeout:g} s\n"
+                           f"{self.debug()}")
+        return serving
 
     def spent_wall(self, g: Guardiand | None = None) -> float | None:
         """Wall time of the first "restart budget spent" in ``g``'s log."""
@@ -292,7 +361,8 @@ class EscalationRig:
 
     def debug(self) -> str:
         seen = [(r.get("decision"), r.get("outcome")) for r in self.journal()]
-        parts = [f"hostd journal: {seen}"]
+        counters = self.hostd.engine.counters if self.hostd is not None else {}
+        parts = [f"hostd journal: {seen}", f"hostd counters: {counters}"]
         for g in self.guardiands[-2:]:
             parts.append(f"--- {g.log_path.name}\n{g.log()[-2500:]}")
         return "\n".join(parts)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,8 +37,7 @@ from guardian.hostd import PolicySpec
 from ._errors import LabError
 from ._escalation import EscalationRig, spent_wall, wait_for
 from ._lab import Lab
-from ._probes import http_get
-from ._spec import VM01_IP, VM02_IP
+from ._spec import VM02_IP
 from .bench import MONIT_DIR, MonitSystem, _wrap, run_main
 
 GUARDIAN = "guardian"
@@ -61,7 +59,6 @@ GUARDIAN_SETTINGS = (
     "backoff 200 ms, ladder [escalate], channel http (HMAC-SHA256) to guardian-hostd in "
     "dom0; hostd: lab driver (VM.destroy, death confirmed by polling every 50 ms, "
     "VM.boot), min_interval 0, incarnation published to the new instance")
-PROBE_GAP = 0.01
 
 #: per-run fields: (key, title)
 PHASES: tuple[tuple[str, str], ...] = (
@@ -74,46 +71,6 @@ PHASES: tuple[tuple[str, str], ...] = (
 )
 
 
-class ServingProbe:
-    """A thread in the client's namespace: from ``start()`` it asks vm01 for HTTP
-    every 10 ms; ``serving_wall`` is the first 200 after a failed request."""
-
-    def __init__(self, rig: EscalationRig) -> None:
-        self.pool = rig.client.executor(max_workers=1)
-        self.stop_flag = threading.Event()
-        self.serving_wall: float | None = None
-        self.future: Any = None
-
-    def start(self, timeout: float) -> None:
-        self.stop_flag.clear()
-        self.serving_wall = None
-
-        def run() -> None:
-            failed = False
-            deadline = time.monotonic() + timeout
-            while not self.stop_flag.is_set() and time.monotonic() < deadline:
-                try:
-                    ok = http_get(VM01_IP, timeout=0.2).status == 200
-                except Exception:  # noqa: BLE001 - any failure is 'not serving'
-                    ok = False
-                if ok and failed:
-                    self.serving_wall = time.time()
-                    return
-                failed = failed or not ok
-                self.stop_flag.wait(PROBE_GAP)
-
-        self.future = self.pool.submit(run)
-
-    def wait(self, timeout: float) -> float | None:
-        if self.future is not None:
-            self.future.result(timeout)
-        return self.serving_wall
-
-    def close(self) -> None:
-        self.stop_flag.set()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 def guardian_runs(lab: Lab, workdir: Path, runs: int, log: Callable[[str], None]
                   ) -> dict[str, Any]:
     rig = EscalationRig(lab, workdir, policy=PolicySpec(
@@ -121,24 +78,20 @@ def guardian_runs(lab: Lab, workdir: Path, runs: int, log: Callable[[str], None]
         confirm_timeout=15))
     samples: list[dict[str, float]] = []
     failures: list[str] = []
-    probe: ServingProbe | None = None
     try:
         rig.start()
-        probe = ServingProbe(rig)
         for i in range(1, runs + 1):
             g = rig.guardiand
             g.wait_state("apache2", "up", timeout=20)
             wait_for(rig.serves, 20, "vm01 serving before the run", rig.debug)
             time.sleep(0.3)
             try:
-                probe.start(timeout=60)
                 t_fault = rig.fault()
                 acc = rig.wait_decision("accepted", i, timeout=30)
                 fin = rig.wait_decision("finished", i, timeout=60)
-                serving = probe.wait(60)
-                if fin.get("outcome") != "done" or serving is None:
-                    raise LabError(f"run {i}: {fin.get('outcome')}: {fin.get('detail')}; "
-                                   f"serving {serving}")
+                if fin.get("outcome") != "done":
+                    raise LabError(f"run {i}: {fin.get('outcome')}: {fin.get('detail')}")
+                serving = rig.wait_serving(60)
                 spent = spent_wall(g.log())
                 if spent is None:
                     raise LabError(f"run {i}: no 'restart budget spent' in guardiand's log")
@@ -167,8 +120,6 @@ def guardian_runs(lab: Lab, workdir: Path, runs: int, log: Callable[[str], None]
                 log(f"guardian run {i}/{runs}: FAILED: {failures[-1]}")
                 break
     finally:
-        if probe is not None:
-            probe.close()
         rig.stop()
     return {"system": GUARDIAN, "runs": len(samples), "attempts": runs,
             "samples": samples, "failures": len(failures), "failure_reasons": failures,

@@ -57,7 +57,6 @@ from . import (
 )
 from ._escalation import KEY_FILE, PORT, VM_UUID
 from .bench import toml_set
-from .bench_escalation import ServingProbe
 
 SUPERVISORD_CONF = "/etc/supervisor/supervisord.conf"
 
@@ -258,7 +257,6 @@ def escalation_scene(workdir: Path) -> None:
     t0 = time.monotonic()
     with Lab() as lab:
         rig = EscalationRig(lab, workdir, policy=policy, config=config, key=key)
-        probe: ServingProbe | None = None
         try:
             rig.start()
             g1 = rig.guardiand
@@ -266,12 +264,10 @@ def escalation_scene(workdir: Path) -> None:
             say(f"   lab {lab.id} up in {time.monotonic() - t0:.2f} s: guardian-hostd on "
                 f"{DOM0_IP}:{rig.port} in dom0, guardiand in vm01 (incarnation 0)")
             say("   apache2's config broken (it outlives restarts), then SIGKILL apache2 ...")
-            probe = ServingProbe(rig)
-            probe.start(timeout=60)
             t_fault = rig.fault()
             acc = rig.wait_decision("accepted", timeout=20)
             fin = rig.wait_decision("finished", timeout=40)
-            serving = probe.wait(30)
+            serving = rig.wait_serving(30)
             spent = rig.spent_wall(g1)
             lines = [ln for ln in g1.log().splitlines()
                      if " DEBUG " not in ln and ("apache2" in ln or "escalat" in ln)]
@@ -281,7 +277,7 @@ def escalation_scene(workdir: Path) -> None:
             say("   guardian-hostd's journal (dom0):")
             for rec in rig.journal():
                 say("     " + journal_line(rec))
-            if fin.get("outcome") != "done" or serving is None or spent is None:
+            if fin.get("outcome") != "done" or spent is None:
                 raise LabError(f"escalation scene: {fin.get('outcome')}: "
                                f"{fin.get('detail')}; serving {serving}; spent {spent}")
             driver = rig.driver
@@ -317,8 +313,6 @@ def escalation_scene(workdir: Path) -> None:
             for ln in (out.stdout + out.stderr).splitlines():
                 say("     " + ln)
         finally:
-            if probe is not None:
-                probe.close()
             errors = rig.stop()
         if errors:
             raise LabError(f"escalation scene: stopping: {errors}")

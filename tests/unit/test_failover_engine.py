@@ -165,6 +165,11 @@ class Pair:
     def holders(self) -> set[str]:
         return self.lan.holders.get(str(VIP.ip), set())
 
+    async def settled(self) -> None:
+        """Wait for the steady state: vm01 master holding the VIP, vm02 backup."""
+        await until(lambda: state(self.e1) == "master" and self.holders() == {"vm01"}
+                    and state(self.e2) == "backup", 5, "vm01 master holding, vm02 backup")
+
     async def close(self) -> None:
         for e in (self.e1, self.e2):
             await e.shutdown(timeout=3)
@@ -196,8 +201,7 @@ def test_master_backup_then_graceful_stop_moves_vip(tmp_path: Path, keyfile: Pat
         p = Pair(tmp_path, keyfile)
         p.start()
         try:
-            await until(lambda: state(p.e1) == "master" and state(p.e2) == "backup", 5,
-                        "vm01 master, vm02 backup")
+            await p.settled()
             await until(lambda: p.holders() == {"vm01"}, 1, "vm01 holding")
             await until(lambda: p.e1.status()["vips_held"] == ["192.0.2.100/24"], 1,
                         "the engine knows it holds it")
@@ -232,8 +236,7 @@ def test_silent_master_is_detected_and_replaced(tmp_path: Path, keyfile: Path) -
         p = Pair(tmp_path, keyfile)
         p.start()
         try:
-            await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5,
-                        "settled")
+            await p.settled()
             # vm01's engine dies without a word (its kernel keeps the VIP: the lease)
             p.tasks[0].cancel()
             t0 = time.monotonic()
@@ -254,8 +257,7 @@ def test_garbage_and_forgeries_are_counted_and_ignored(tmp_path: Path, keyfile: 
         p = Pair(tmp_path, keyfile)
         p.start()
         try:
-            await until(lambda: state(p.e1) == "master" and state(p.e2) == "backup", 5,
-                        "settled")
+            await p.settled()
             since = p.e2.status()["since_age"]
             forger = Endpoint(KeyRing.parse("1 " + "cd" * 32), "web", "vm01", 2**40)
             evil = Endpoint(KeyRing.parse(KEY), "web", "mallory", 2**40)
@@ -290,8 +292,7 @@ def test_tracked_service_failure_yields_and_recovery_returns(tmp_path: Path,
         p = Pair(tmp_path, keyfile, services=("apache2",), notify=hook)
         p.start()
         try:
-            await until(lambda: state(p.e1) == "master" and state(p.e2) == "backup", 5,
-                        "settled")
+            await p.settled()
             p.e1.service_failed("apache2", "restart budget spent")
             await until(lambda: state(p.e2) == "master" and state(p.e1) == "fault", 1,
                         "vm01 fault, vm02 master")
@@ -398,8 +399,7 @@ def test_key_rotation_by_reload_keeps_the_pair_talking(tmp_path: Path, keyfile: 
         p = Pair(tmp_path, keyfile)
         p.start()
         try:
-            await until(lambda: state(p.e1) == "master" and state(p.e2) == "backup", 5,
-                        "settled")
+            await p.settled()
             new = "2 " + "ef" * 32
             # step 1: both know the new key; step 2: both send with it; step 3: old gone
             for text in (KEY + new + "\n", KEY + new + " send\n", new + " send\n"):
@@ -530,8 +530,7 @@ def test_verified_takeover_confirms_after_the_first_announcement(tmp_path: Path,
         p.e2.observer = rec
         p.start()
         try:
-            await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5,
-                        "settled")
+            await p.settled()
             await until(lambda: p.e1.status().get("last_convergence") is not None, 2,
                         "vm01's start-up takeover verified")
             assert p.e2.status().get("last_convergence") is None
@@ -595,8 +594,7 @@ def test_unconfirmed_convergence_gives_up_without_stopping_heartbeats(
         p.lan.unconvinced = 10**6                          # an observer that never answers
         p.start()
         try:
-            await until(lambda: state(p.e1) == "master" and state(p.e2) == "backup", 5,
-                        "settled")
+            await p.settled()
             await until(lambda: p.e1.status().get("last_convergence") is not None, 3,
                         "given up")
             lc = p.e1.status()["last_convergence"]
@@ -620,8 +618,7 @@ def test_no_verify_no_probe(tmp_path: Path, keyfile: Path) -> None:
         p = Pair(tmp_path, keyfile)
         p.start()
         try:
-            await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5,
-                        "settled")
+            await p.settled()
             await asyncio.sleep(0.1)
             assert p.e1.status().get("last_convergence") is None
             assert not [op for _, _, op, _ in p.lan.ops if op == "probe"]
@@ -644,8 +641,7 @@ def test_master_clients_reach_the_backup_and_are_told_at_takeover(tmp_path: Path
         p.lan.clients["vm01"] = [C1, C_OFF, C2]
         p.start()
         try:
-            await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5,
-                        "settled")
+            await p.settled()
             await until(lambda: (p.e2.status()["clients_known"] or {}).get("count") == 2,
                         3, "the client list at the backup")
             known = p.e2.status()["clients_known"]
@@ -675,8 +671,7 @@ def test_unchanged_or_empty_client_lists_are_not_resent(tmp_path: Path,
         p = Pair(tmp_path, keyfile, announce_refresh=0)
         p.start()
         try:
-            await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5,
-                        "settled")
+            await p.settled()
             e = p.e1
             loop = asyncio.get_running_loop()
 
@@ -704,8 +699,7 @@ def test_unicast_clients_off_sends_and_uses_nothing(tmp_path: Path, keyfile: Pat
         p.lan.clients["vm01"] = [C1]
         p.start()
         try:
-            await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5,
-                        "settled")
+            await p.settled()
             await asyncio.sleep(1.3)                          # past the first renewal
             assert p.e1.status()["clients_sent"] == 0
             assert p.e2.status()["clients_known"] is None

@@ -38,7 +38,7 @@ def fenced_pair(tmp_path: Path, keyfile: Path, fencer: Fencer | None,  # noqa: F
 
 async def settle_then_silence(p: Pair) -> None:
     p.start()
-    await until(lambda: p.holders() == {"vm01"} and state(p.e2) == "backup", 5, "settled")
+    await p.settled()
     p.tasks[0].cancel()  # vm01's engine dies without a word
 
 
