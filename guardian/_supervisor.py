@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ipfailover._settings import GroupSettings
 
     from ._deadman import Deadman
-    from .escalation import Entry, Escalator
+    from .escalation import Entry, Escalator, Reason, Request
 
     EngineFactory = Callable[[GroupSettings, ServiceHooks], PairEngine]
 
@@ -829,7 +829,7 @@ class Supervisor:
         death confirmed), (False, detail) on any other final answer.  The pair machine
         bounds the wait (``fence_timeout``); the request stays in the outbox either way,
         so a fence dom0 accepts is carried out and recorded even when it comes late."""
-        from .escalation import Reason, Request
+        from .escalation import Reason
 
         esc, escalator = self.spec.escalation, self.escalator
         if esc is None or escalator is None:
@@ -847,18 +847,11 @@ class Supervisor:
             if existing is not None:
                 return False, (f"request {existing.request.request_id} to fence "
                                f"{existing.request.peer} is still open")
-            deadline = time.monotonic() + esc.timeout
-            incarnation = await escalator.channel.incarnation(deadline)
-            request = Request(
-                vm=esc.vm, vm_uuid=await escalator.channel.vm_uuid(deadline),
-                incarnation=incarnation or 0, action="fence-peer", peer=vm,
-                reason=Reason(service=service, detail=reason))
-            rid = request.request_id
-            await self.journal.flush()
-            if escalator.submit(request) is None:
+            request = await self._ask_dom0("fence-peer", Reason(service=service,
+                                                                detail=reason), peer=vm)
+            if request is None:
                 return False, "a fence request for this group is already open"
-            log.warning("failover %s: fence-peer %s: request %s queued for %s", group, vm,
-                        rid, escalator.channel.describe())
+            rid = request.request_id
         self._fence_waiters[rid] = waiter
         try:
             return await waiter
@@ -866,7 +859,7 @@ class Supervisor:
             self._fence_waiters.pop(rid, None)
 
     async def _escalate_rung(self, runner: ServiceRunner, action: RunStep) -> None:
-        from .escalation import Reason, Request
+        from .escalation import Reason
 
         name = runner.spec.name
         esc, escalator = self.spec.escalation, self.escalator
@@ -879,27 +872,36 @@ class Supervisor:
             log.warning("%s: ladder step escalate: request %s is still open (%s); "
                         "not asking again", name, existing.request.request_id, existing.state)
             return
+        request = await self._ask_dom0("recreate", Reason(
+            service=name, verdicts=runner.incident_env(action)["GUARDIAN_VERDICTS"],
+            restarts=action.restarts, detail=action.reason))
+        if request is None:
+            log.warning("%s: ladder step escalate: a request is already open", name)
+
+    async def _ask_dom0(self, action: str, reason: Reason,
+                        peer: str | None = None) -> Request | None:
+        """A new request to dom0 in this VM's current incarnation, queued in the
+        outbox (None: one for ``reason.service`` is open already)."""
+        from .escalation import Request
+
+        esc, escalator = self.spec.escalation, self.escalator
+        assert esc is not None and escalator is not None
         deadline = time.monotonic() + esc.timeout
         incarnation = await escalator.channel.incarnation(deadline)
         if incarnation is None:
             log.warning("%s: escalate: this VM's incarnation is unknown (%s); sending 0",
-                        name, esc.incarnation_file)
+                        reason.service, esc.incarnation_file)
             incarnation = 0
-        request = Request(
-            vm=esc.vm, vm_uuid=await escalator.channel.vm_uuid(deadline),
-            incarnation=incarnation, action="recreate",
-            reason=Reason(service=name,
-                          verdicts=runner.incident_env(action)["GUARDIAN_VERDICTS"],
-                          restarts=action.restarts, detail=action.reason))
+        request = Request(vm=esc.vm, vm_uuid=await escalator.channel.vm_uuid(deadline),
+                          incarnation=incarnation, action=action, peer=peer, reason=reason)
         # what led here is on disk before a request that may end this VM leaves
         await self.journal.flush()
-        entry = escalator.submit(request)
-        if entry is None:
-            log.warning("%s: ladder step escalate: a request is already open", name)
-            return
-        log.warning("%s: ladder step escalate: request %s (recreate, incarnation %d) "
-                    "queued for %s", name, request.request_id, incarnation,
-                    escalator.channel.describe())
+        if escalator.submit(request) is None:
+            return None
+        log.warning("%s: escalation %s%s: request %s (incarnation %d) queued for %s",
+                    reason.service, action, f" {peer}" if peer else "", request.request_id,
+                    incarnation, escalator.channel.describe())
+        return request
 
     async def switchover(self, group: str | None) -> dict[str, Any]:
         """Move the VIPs of ``group`` (default: the only group) to the other node."""

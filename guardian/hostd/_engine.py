@@ -277,13 +277,14 @@ class Engine:
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self.counters: dict[str, int] = {}
+        #: actions a stopped hostd left running, to execute again (``resumable()``)
+        self._resume: list[str] = []
         self._recover()
 
     def _recover(self) -> None:
         """Actions that were running when hostd stopped: resumed from their phase
         (``resumable()``), except a driver-managed restart, which is not repeated."""
         changed = False
-        self._resume: list[str] = []
         for rid, r in self.store.requests.items():
             if r.get("state") not in RUNNING_STATES:
                 continue
