@@ -131,7 +131,9 @@ def test_frozen_master_is_fenced_before_the_takeover(make_lab: Callable[[], Lab]
         while served_at is None and time.monotonic() < deadline:
             served_at = poller.first_from("vm02", t0)
             time.sleep(0.02)
-        assert vip_at is not None and served_at is not None
+        assert vip_at is not None and served_at is not None, (
+            f"VIP on vm02 at {vip_at}, served at {served_at}; client neighbours:\n"
+            f"{client.ip_cmd('neigh', 'show', 'dev', 'eth0')}\npoller: {poller.samples[-8:]}")
 
         # -- hostd fenced vm01 (destroyed, death confirmed) at vm02's request
         recs = [r for r in hostd.engine.store.requests.values()
